@@ -1,0 +1,145 @@
+//! One function per subcommand. Each returns the process exit code: 0 on success, 1 when
+//! the input has errors (reported as diagnostics), 2 for what the user asked but modelc
+//! cannot do yet.
+
+use crate::report::Reporter;
+use modelc_grammar::{dump, format, parse, Parsed, SourceFile};
+use std::path::Path;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_INPUT: i32 = 1;
+pub const EXIT_UNSUPPORTED: i32 = 2;
+
+/// Reads and decodes a file, reporting why it cannot be used.
+pub fn load(path: &Path, report: &Reporter) -> Option<SourceFile> {
+    let name = path.display().to_string();
+    let bytes = if name == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+    } else {
+        std::fs::read(path)
+    };
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(e) => {
+            report.plain_error(&format!("cannot read `{name}`: {e}"));
+            return None;
+        }
+    };
+    match modelc_grammar::decode(&name, bytes) {
+        Ok(file) => Some(file),
+        Err((diag, lossy)) => {
+            report.diagnostic(&diag, &lossy);
+            None
+        }
+    }
+}
+
+fn load_and_parse(path: &Path, report: &Reporter) -> Option<(SourceFile, Parsed)> {
+    let file = load(path, report)?;
+    match parse(&file) {
+        Ok(parsed) => Some((file, parsed)),
+        Err(diag) => {
+            report.diagnostic(&diag, &file);
+            None
+        }
+    }
+}
+
+/// `modelc check`: every file parses (later: resolves and type-checks).
+pub fn check(paths: &[impl AsRef<Path>], report: &Reporter) -> i32 {
+    let mut code = EXIT_OK;
+    for path in paths {
+        if load_and_parse(path.as_ref(), report).is_none() {
+            code = EXIT_INPUT;
+        }
+    }
+    code
+}
+
+/// `modelc fmt`: rewrite files canonically, or with `check` only report those that differ.
+/// `-` formats standard input to standard output.
+pub fn fmt(paths: &[impl AsRef<Path>], check: bool, report: &Reporter) -> i32 {
+    let mut code = EXIT_OK;
+    for path in paths {
+        let path = path.as_ref();
+        let Some((file, parsed)) = load_and_parse(path, report) else {
+            code = EXIT_INPUT;
+            continue;
+        };
+        let formatted = format::format(&parsed, &file);
+        if path.as_os_str() == "-" {
+            print!("{formatted}");
+            continue;
+        }
+        if formatted == file.text {
+            continue;
+        }
+        if check {
+            let line = first_difference(&file.text, &formatted);
+            report.plain_error(&format!("`{}` is not formatted (first difference at line {line}); run `modelc fmt {}`", file.name, file.name));
+            code = EXIT_INPUT;
+        } else if let Err(e) = write_atomically(path, &formatted) {
+            report.plain_error(&format!("cannot write `{}`: {e}", file.name));
+            code = EXIT_INPUT;
+        }
+    }
+    code
+}
+
+fn first_difference(a: &str, b: &str) -> usize {
+    let mut lines = a.lines().zip(b.lines());
+    lines.position(|(x, y)| x != y).unwrap_or_else(|| a.lines().count().min(b.lines().count())) + 1
+}
+
+/// Writes through a temporary file and a rename, so an interrupted `fmt` never leaves a
+/// half-written source file.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("model.fmt-tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    /// The syntax tree.
+    Ast,
+    /// The Graph IR (forward).
+    Ir,
+    /// The Graph IR with the backward pass.
+    Grad,
+    /// The Graph IR after fusion.
+    Fused,
+    /// The Kernel IR.
+    Kernels,
+    /// Generated CUDA C.
+    Cuda,
+    /// MLIR.
+    Mlir,
+}
+
+/// `modelc emit`: print one stage's text form.
+pub fn emit(path: &Path, stage: Stage, report: &Reporter) -> i32 {
+    let Some((file, parsed)) = load_and_parse(path, report) else {
+        return EXIT_INPUT;
+    };
+    match stage {
+        Stage::Ast => {
+            print!("{}", dump::dump(&parsed.ast, Some(&file)));
+            EXIT_OK
+        }
+        other => not_implemented(&format!("`modelc emit --stage {}`", stage_name(other)), report),
+    }
+}
+
+fn stage_name(stage: Stage) -> String {
+    clap::ValueEnum::to_possible_value(&stage).map(|v| v.get_name().to_string()).unwrap_or_default()
+}
+
+/// What the user asked for exists in the design but not yet in this build.
+pub fn not_implemented(what: &str, report: &Reporter) -> i32 {
+    report.plain_error(&format!(
+        "{what} is not implemented yet; this build has the front end only (check, fmt, emit --stage ast)"
+    ));
+    EXIT_UNSUPPORTED
+}

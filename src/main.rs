@@ -1,0 +1,115 @@
+//! The `modelc` command line: parses arguments and hands each subcommand to the driver.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use modelc::commands::{self, Stage};
+use modelc::report::{MessageFormat, Reporter};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+/// Compiler and runtime for the `.model` language.
+#[derive(Parser)]
+#[command(name = "modelc", version, about)]
+struct Cli {
+    /// How diagnostics are printed.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    message_format: Format,
+    /// Colour in diagnostics.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    color: Color,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check files for errors.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Format files in place (`-` reads standard input and writes standard output).
+    Fmt {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Change nothing; fail if a file is not formatted.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Print a stage of the pipeline.
+    Emit {
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        stage: Stage,
+        /// The model to compile, when the file has several.
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Parameter counts, FLOPs and memory of a model (not implemented yet).
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        recipe: Option<String>,
+        #[arg(long = "set")]
+        set: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one forward pass (not implemented yet).
+    Run {
+        file: PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
+    /// Train a recipe (not implemented yet).
+    Train {
+        file: PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
+    /// Generate text from a checkpoint (not implemented yet).
+    Generate {
+        file: PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let color = match cli.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let format = match cli.message_format {
+        Format::Human => MessageFormat::Human,
+        Format::Json => MessageFormat::Json,
+    };
+    let report = Reporter { format, color };
+    // Trees of untrusted input can be deep (long operator chains); give every stage room.
+    let code = modelc_grammar::with_big_stack(move || match cli.command {
+        Command::Check { files } => commands::check(&files, &report),
+        Command::Fmt { files, check } => commands::fmt(&files, check, &report),
+        Command::Emit { file, stage, model: _ } => commands::emit(&file, stage, &report),
+        Command::Inspect { .. } => commands::not_implemented("`modelc inspect`", &report),
+        Command::Run { .. } => commands::not_implemented("`modelc run`", &report),
+        Command::Train { .. } => commands::not_implemented("`modelc train`", &report),
+        Command::Generate { .. } => commands::not_implemented("`modelc generate`", &report),
+    });
+    std::process::exit(code);
+}
