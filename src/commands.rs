@@ -28,7 +28,8 @@ pub fn load(path: &Path, report: &Reporter) -> Option<SourceFile> {
     };
     match modelc_grammar::decode(&name, bytes) {
         Ok(file) => Some(file),
-        Err((diag, lossy)) => {
+        Err(bad) => {
+            let (diag, lossy) = *bad;
             report.diagnostic(&diag, &lossy);
             None
         }
@@ -77,7 +78,10 @@ pub fn fmt(paths: &[impl AsRef<Path>], check: bool, report: &Reporter) -> i32 {
         }
         if check {
             let line = first_difference(&file.text, &formatted);
-            report.plain_error(&format!("`{}` is not formatted (first difference at line {line}); run `modelc fmt {}`", file.name, file.name));
+            report.plain_error(&format!(
+                "`{}` is not formatted (first difference at line {line}); run `modelc fmt {}`",
+                file.name, file.name
+            ));
             code = EXIT_INPUT;
         } else if let Err(e) = write_atomically(path, &formatted) {
             report.plain_error(&format!("cannot write `{}`: {e}", file.name));

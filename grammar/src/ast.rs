@@ -122,7 +122,10 @@ pub enum TypeKind {
     /// `int`, `float`, `bool`, `str` or an enum's name.
     Named(Ident),
     /// `[B, T, d]` or `i32[B, T]`; a missing dtype means the recipe's activation dtype.
-    Tensor { dtype: Option<Ident>, dims: Vec<Dim> },
+    Tensor {
+        dtype: Option<Ident>,
+        dims: Vec<Dim>,
+    },
     Tuple(Vec<Type>),
 }
 
@@ -144,14 +147,30 @@ pub struct Member {
 #[derive(Clone, Debug, PartialEq)]
 pub enum MemberKind {
     /// `w: [d, out] = normal(0.02)`: a learned parameter.
-    Param { name: Ident, ty: Type, init: Option<Expr> },
+    Param {
+        name: Ident,
+        ty: Type,
+        init: Option<Expr>,
+    },
     /// `name = buffer expr`: a constant tensor computed at compile time.
-    Buffer { name: Ident, value: Expr },
+    Buffer {
+        name: Ident,
+        value: Expr,
+    },
     /// `name = Block(args)`, `name = repeat(n) Block(args)`, `name = stack(n) Block(args)`.
-    Sub { name: Ident, copies: Option<Copies>, block: Ident, args: Vec<Arg> },
+    Sub {
+        name: Ident,
+        copies: Option<Copies>,
+        block: Ident,
+        args: Vec<Arg>,
+    },
     Const(Const),
     /// `if c { .. } else if c { .. } else { .. }` over declarations, chosen at compile time.
-    If { cond: Expr, then: Vec<Member>, otherwise: Option<Else> },
+    If {
+        cond: Expr,
+        then: Vec<Member>,
+        otherwise: Option<Else>,
+    },
     Forward(Forward),
 }
 
@@ -192,12 +211,21 @@ pub struct Stmt {
 #[derive(Clone, Debug, PartialEq)]
 pub enum StmtKind {
     /// `x = e`, or `a, b = e` to take a tuple apart.
-    Let { names: Vec<Ident>, value: Expr },
+    Let {
+        names: Vec<Ident>,
+        value: Expr,
+    },
     Return(Expr),
     /// A scalar added to the training objective.
-    AuxLoss { name: Ident, value: Expr },
+    AuxLoss {
+        name: Ident,
+        value: Expr,
+    },
     /// A scalar reported during training.
-    Metric { name: Ident, value: Expr },
+    Metric {
+        name: Ident,
+        value: Expr,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -223,22 +251,45 @@ pub struct Expr {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ExprKind {
     /// An integer literal; `text` is the spelling, kept for the formatter.
-    Int { value: i64, text: String },
-    Float { value: f64, text: String },
+    Int {
+        value: i64,
+        text: String,
+    },
+    Float {
+        value: f64,
+        text: String,
+    },
     /// A string literal, unescaped.
     Str(String),
     Bool(bool),
     None,
     Name(Ident),
     /// `e.name`: a sub-block's parameter (`embed.weight`) or an enum variant.
-    Field { base: Box<Expr>, name: Ident },
-    Call { callee: Box<Expr>, args: Vec<Arg> },
-    Unary { op: UnaryOp, operand: Box<Expr> },
-    Binary { op: BinaryOp, lhs: Box<Expr>, rhs: Box<Expr> },
+    Field {
+        base: Box<Expr>,
+        name: Ident,
+    },
+    Call {
+        callee: Box<Expr>,
+        args: Vec<Arg>,
+    },
+    Unary {
+        op: UnaryOp,
+        operand: Box<Expr>,
+    },
+    Binary {
+        op: BinaryOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
     Tuple(Vec<Expr>),
     List(Vec<Expr>),
     /// `if c { a } else { b }`, chosen at compile time.
-    If { cond: Box<Expr>, then: Box<Expr>, otherwise: Box<Expr> },
+    If {
+        cond: Box<Expr>,
+        then: Box<Expr>,
+        otherwise: Box<Expr>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -330,12 +381,7 @@ impl BinaryOp {
             BinaryOp::Pow => Prec::Pow,
             BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem | BinaryOp::MatMul => Prec::Mul,
             BinaryOp::Add | BinaryOp::Sub => Prec::Add,
-            BinaryOp::Eq
-            | BinaryOp::Ne
-            | BinaryOp::Lt
-            | BinaryOp::Le
-            | BinaryOp::Gt
-            | BinaryOp::Ge => Prec::Compare,
+            BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => Prec::Compare,
             BinaryOp::And => Prec::And,
             BinaryOp::Or => Prec::Or,
             BinaryOp::Then | BinaryOp::From => Prec::Recipe,

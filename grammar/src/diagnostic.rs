@@ -19,9 +19,7 @@ pub struct SourceFile {
 impl SourceFile {
     pub fn new(name: impl Into<String>, text: impl Into<String>) -> SourceFile {
         let text = text.into();
-        let line_starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
+        let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
         SourceFile { name: name.into(), text, line_starts }
     }
 
@@ -115,8 +113,7 @@ impl Diagnostic {
     fn emit(&self, file: &SourceFile, writer: &mut dyn termcolor::WriteColor) {
         let simple = SimpleFile::new(file.name.as_str(), file.text.as_str());
         let range = |span: Span| file.clamp(span.start)..file.clamp(span.end.max(span.start));
-        let mut labels =
-            vec![cs::Label::primary((), range(self.span)).with_message(self.label.clone())];
+        let mut labels = vec![cs::Label::primary((), range(self.span)).with_message(self.label.clone())];
         for (span, text) in &self.secondary {
             labels.push(cs::Label::secondary((), range(*span)).with_message(text.clone()));
         }
@@ -128,10 +125,7 @@ impl Diagnostic {
         .with_message(self.message.clone())
         .with_labels(labels)
         .with_notes(notes);
-        let config = term::Config {
-            chars: term::Chars::ascii(),
-            ..term::Config::default()
-        };
+        let config = term::Config { chars: term::Chars::ascii(), ..term::Config::default() };
         // Writing into a Vec cannot fail, and the files are consistent by construction.
         let _ = term::emit(writer, &config, &simple, &diagnostic);
     }

@@ -4,7 +4,9 @@
 //! comments), so formatting is idempotent. Invariants, each checked by tests:
 //! - `parse(format(x))` equals `parse(x)` apart from spans;
 //! - every `//` comment of the input appears in the output, in the same order;
-//! - lines are at most `WIDTH` columns unless a single token is longer.
+//! - argument lists, lists, tuples and parameter lists are broken one element per line
+//!   when they would pass `WIDTH` columns; operator chains and `use` groups are not
+//!   broken, so a line can still be longer.
 //!
 //! Comments are placed by position with a cursor over the scanner's list: the ones before
 //! a line-level node (item, member, statement, entry, element of a broken list) go on
@@ -59,7 +61,6 @@ struct Formatter<'a> {
 fn pad(indent: usize) -> String {
     " ".repeat(indent * INDENT)
 }
-
 
 impl<'a> Formatter<'a> {
     // ------------------------------------------------------------ comments and slots
@@ -201,7 +202,10 @@ impl<'a> Formatter<'a> {
         let flat: Vec<&str> = e.variants.iter().map(|v| v.name.name.as_str()).collect();
         let flat = format!("{head} {} }}", flat.join(", "));
         let documented = e.variants.iter().any(|v| !v.docs.is_empty());
-        if !documented && !self.has_comment_in(span) && flat.len() <= WIDTH && !e.variants.is_empty() {
+        if e.variants.is_empty() && !self.has_comment_in(span) {
+            return format!("enum {} {{}}", e.name.name);
+        }
+        if !documented && !self.has_comment_in(span) && flat.len() <= WIDTH {
             return flat;
         }
         let mut out = head + "\n";
@@ -278,7 +282,7 @@ impl<'a> Formatter<'a> {
         if members.is_empty() && !self.has_comment_in(Span::new(0, end)) {
             return String::new();
         }
-        let widths = align_widths(members, |m| aligned_name(m), |m| m.span.start, self);
+        let widths = align_widths(members, aligned_name, |m| m.span.start, self);
         let mut out = String::from("\n");
         for (i, m) in members.iter().enumerate() {
             let width = widths[i];
@@ -329,14 +333,18 @@ impl<'a> Formatter<'a> {
         }
     }
 
-    fn if_member(&mut self, cond: &Expr, then: &[Member], otherwise: Option<&Else>, span: Span, indent: usize) -> String {
+    fn if_member(
+        &mut self,
+        cond: &Expr,
+        then: &[Member],
+        otherwise: Option<&Else>,
+        span: Span,
+        indent: usize,
+    ) -> String {
         let mut out = format!("if {} {{", self.expr(cond, indent, indent * INDENT + 3));
         // The `}` closing the `then` body: the brace pair opened right after the condition.
-        let then_end = self
-            .brackets
-            .iter()
-            .find(|b| b.kind == b'{' && b.open >= cond.span.end)
-            .map_or(span.end, |b| b.close);
+        let then_end =
+            self.brackets.iter().find(|b| b.kind == b'{' && b.open >= cond.span.end).map_or(span.end, |b| b.close);
         out.push_str(&self.members(then, indent + 1, then_end));
         out.push('}');
         match otherwise {
@@ -568,7 +576,8 @@ impl<'a> Formatter<'a> {
     }
 
     fn args(&mut self, args: &[Arg], span: Span, indent: usize, col: usize) -> String {
-        let width = 2 + 2 * args.len().saturating_sub(1)
+        let width = 2
+            + 2 * args.len().saturating_sub(1)
             + args
                 .iter()
                 .map(|a| a.name.as_ref().map_or(0, |n| n.name.chars().count() + 2) + self.width(&a.value))
@@ -592,9 +601,11 @@ impl<'a> Formatter<'a> {
     fn seq(&mut self, open: &str, close: &str, items: &[Expr], span: Span, indent: usize) -> String {
         let mut out = format!("{open}\n");
         for (i, item) in items.iter().enumerate() {
-            out.push_str(&self.slot(indent + 1, item.span, i == 0, false, |f| {
-                f.expr(item, indent + 1, (indent + 1) * INDENT) + ","
-            }));
+            out.push_str(
+                &self.slot(indent + 1, item.span, i == 0, false, |f| {
+                    f.expr(item, indent + 1, (indent + 1) * INDENT) + ","
+                }),
+            );
         }
         out.push_str(&self.rest_comments(indent + 1, items.is_empty(), span.end));
         out + &pad(indent) + close

@@ -24,7 +24,7 @@ pub fn format_source(file: &SourceFile) -> Result<String, Diagnostic> {
 
 /// Decodes file bytes as UTF-8, or reports the first invalid byte with its location.
 /// On failure, also returns a lossy copy of the text to render the diagnostic against.
-pub fn decode(name: &str, bytes: Vec<u8>) -> Result<SourceFile, (Diagnostic, SourceFile)> {
+pub fn decode(name: &str, bytes: Vec<u8>) -> Result<SourceFile, Box<(Diagnostic, SourceFile)>> {
     match String::from_utf8(bytes) {
         Ok(text) => Ok(SourceFile::new(name, text)),
         Err(e) => {
@@ -34,7 +34,7 @@ pub fn decode(name: &str, bytes: Vec<u8>) -> Result<SourceFile, (Diagnostic, Sou
             let diag = Diagnostic::error("this file is not valid UTF-8", ast::Span::new(at, at + width))
                 .with_label(format!("invalid byte 0x{:02X}", e.as_bytes()[at]))
                 .with_help("save the file as UTF-8");
-            Err((diag, SourceFile::new(name, lossy)))
+            Err(Box::new((diag, SourceFile::new(name, lossy))))
         }
     }
 }

@@ -25,16 +25,41 @@ pub struct Parsed {
 /// or tokens are already wrong are mostly echoes of the first.
 pub fn parse(file: &SourceFile) -> Result<Parsed> {
     let scan = scan::scan(file)?;
-    // Collect the tokens expected at the failure point, for `translate`.
-    pest::set_error_detail(true);
-    let mut pairs = ModelParser::parse(Rule::file, &file.text).map_err(|e| translate(&e, file, &scan))?;
+    let mut pairs = match ModelParser::parse(Rule::file, &file.text) {
+        Ok(pairs) => pairs,
+        Err(_) => return Err(translate(&parse_with_detail(&file.text), file, &scan)),
+    };
     let root = pairs.next().ok_or_else(|| Diagnostic::error("empty parse", Span::new(0, 0)))?;
     let ast = Builder { text: &file.text, comments: &scan.comments }.file(root)?;
+    if ast.items.is_empty() {
+        let end = file.text.len();
+        return Err(Diagnostic::error("this file declares nothing", Span::new(end, end))
+            .with_label("expected an item")
+            .with_help("a `.model` file holds `use`, `const`, `enum`, `block`, `model` and `recipe` items"));
+    }
     Ok(Parsed { ast, scan })
 }
 
 type Result<T> = std::result::Result<T, Diagnostic>;
 
+/// Parses again, recording the tokens expected at the failure point for `translate`.
+/// Tracking them halves parsing speed, so only failed parses pay for it. The switch is
+/// process-global in pest: the lock keeps concurrent failing parses from turning it off
+/// under each other (a concurrent successful parse may merely run slower).
+fn parse_with_detail(text: &str) -> pest::error::Error<Rule> {
+    static DETAIL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = DETAIL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    pest::set_error_detail(true);
+    let result = ModelParser::parse(Rule::file, text);
+    pest::set_error_detail(false);
+    match result {
+        Err(e) => e,
+        Ok(_) => pest::error::Error::new_from_pos(
+            ErrorVariant::CustomError { message: "the parser disagreed with itself".to_string() },
+            pest::Position::from_start(text),
+        ),
+    }
+}
 
 /// Children that carry meaning: keyword tokens are checked by the grammar and dropped.
 fn children<'i>(pair: Pair<'i, Rule>) -> impl Iterator<Item = Pair<'i, Rule>> {
@@ -605,7 +630,11 @@ pub fn parse_number(text: &str) -> std::result::Result<ExprKind, String> {
         Some(i) => (&text[..i], Some(&text[i + 1..])),
         None => (text, None),
     };
-    let digits = |s: &str| !s.is_empty() && s.starts_with(|c: char| c.is_ascii_digit()) && s.chars().all(|c| c.is_ascii_digit() || c == '_');
+    let digits = |s: &str| {
+        !s.is_empty()
+            && s.starts_with(|c: char| c.is_ascii_digit())
+            && s.chars().all(|c| c.is_ascii_digit() || c == '_')
+    };
     let (int_part, frac) = match mantissa.split_once('.') {
         Some((i, f)) => (i, Some(f)),
         None => (mantissa, None),
@@ -636,28 +665,46 @@ pub fn parse_number(text: &str) -> std::result::Result<ExprKind, String> {
 
 /// Turns pest's failure into a sentence: what was expected, in words, and what was found.
 fn translate(err: &pest::error::Error<Rule>, file: &SourceFile, scan: &Scan) -> Diagnostic {
-    let pos = match err.location {
+    let rule_pos = match err.location {
         InputLocation::Pos(p) => p,
         InputLocation::Span((s, _)) => s,
     };
+    // pest reports where the failing rule started; its token attempts may have got
+    // further, and the furthest point is where the user's text went wrong.
+    let attempts = err.parse_attempts();
+    let token_pos = attempts.as_ref().map_or(0, |a| a.max_position);
+    let pos = rule_pos.max(token_pos).min(file.text.len());
     let text = &file.text;
-    let found_span = token_span(text, pos);
-    let found = describe(text, found_span);
-
-    if text[pos..].starts_with("///") {
-        return Diagnostic::error("a `///` doc comment must come right before an item or a field", found_span)
-            .with_label("nothing here for it to document")
-            .with_help("use `//` for a plain comment");
+    // A doc comment with nothing after it to document: where the parse stopped, or the
+    // last line before that point.
+    let before = text[..pos].trim_end();
+    let last_line = before.rfind('\n').map_or(0, |n| n + 1);
+    let dangling_doc = if text[rule_pos..].starts_with("///") {
+        Some(rule_pos)
+    } else {
+        let line = text[last_line..before.len()].trim_start();
+        (line.starts_with("///") && !line.starts_with("////")).then(|| before.len() - line.len())
+    };
+    if let Some(at) = dangling_doc {
+        return Diagnostic::error(
+            "a `///` doc comment must come right before an item or a field",
+            token_span(text, at),
+        )
+        .with_label("nothing here for it to document")
+        .with_help("use `//` for a plain comment");
     }
 
+    let found_span = token_span(text, pos);
+    let found = describe(text, found_span);
     let positives: Vec<Rule> = match &err.variant {
+        // Rules expected at an earlier point than the tokens say nothing about `pos`.
+        ErrorVariant::ParsingError { .. } if token_pos > rule_pos => Vec::new(),
         ErrorVariant::ParsingError { positives, .. } => positives.clone(),
         ErrorVariant::CustomError { message } => {
             return Diagnostic::error(format!("cannot parse this file: {message}"), found_span)
         }
     };
-    let mut tokens: Vec<String> = err
-        .parse_attempts()
+    let mut tokens: Vec<String> = attempts
         .map(|a| {
             a.expected_tokens()
                 .into_iter()
@@ -690,7 +737,9 @@ fn translate(err: &pest::error::Error<Rule>, file: &SourceFile, scan: &Scan) -> 
     if has("return") && has("aux_loss") {
         return Diagnostic::error(format!("expected a statement or `}}`, found {found}"), found_span)
             .with_label("not a statement")
-            .with_help("statements are `x = ..`, `a, b = ..`, `return ..`, `aux_loss name = ..` and `metric name = ..`");
+            .with_help(
+                "statements are `x = ..`, `a, b = ..`, `return ..`, `aux_loss name = ..` and `metric name = ..`",
+            );
     }
 
     let mut expected: Vec<String> = Vec::new();
@@ -710,7 +759,15 @@ fn translate(err: &pest::error::Error<Rule>, file: &SourceFile, scan: &Scan) -> 
     ];
     let mut closers = Vec::new();
     for t in &tokens {
-        if EXPR_TOKENS.contains(&t.as_str()) {
+        // Whitespace, comments and `:` after a name in a call are always possible; naming
+        // them only hides the useful alternatives.
+        let named_arg_colon = t == ":" && continues_expr;
+        if EXPR_TOKENS.contains(&t.as_str())
+            || t.trim().is_empty()
+            || t.starts_with("//")
+            || named_arg_colon
+            || t == "_"
+        {
             continue;
         }
         if [")", "]", "}"].contains(&t.as_str()) {
@@ -721,7 +778,7 @@ fn translate(err: &pest::error::Error<Rule>, file: &SourceFile, scan: &Scan) -> 
     if has_rule(Rule::EOI) {
         expected.push("end of file".to_string());
     }
-    if expected.is_empty() && continues_expr {
+    if continues_expr {
         expected.push("an operator".to_string());
     }
     if expected.is_empty() {
@@ -802,7 +859,9 @@ fn token_span(text: &str, pos: usize) -> Span {
         rest.find(|ch: char| !(ch.is_alphanumeric() || ch == '_')).unwrap_or(rest.len())
     } else if c == '"' {
         rest[1..].find(['"', '\n']).map_or(rest.len(), |n| n + 2).min(rest.find('\n').unwrap_or(rest.len()))
-    } else if ["**", "==", "!=", "<=", ">=", "->", "//"].iter().any(|op| rest.starts_with(op)) {
+    } else if rest.starts_with("//") {
+        rest.find('\n').unwrap_or(rest.len())
+    } else if ["**", "==", "!=", "<=", ">=", "->"].iter().any(|op| rest.starts_with(op)) {
         2
     } else {
         c.len_utf8()

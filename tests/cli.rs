@@ -1,0 +1,170 @@
+//! The `modelc` binary as a user meets it: exit codes, where messages go, `fmt` on disk,
+//! JSON diagnostics, subcommands that are not built yet, and adversarial inputs.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn modelc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_modelc")).args(args).current_dir(root()).output().expect("running modelc")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_no_panic(out: &Output, what: &str) {
+    let err = stderr(out);
+    assert!(!err.contains("panicked") && !err.contains("overflow"), "{what} crashed:\n{err}");
+    assert!(out.status.code().is_some(), "{what} was killed by a signal");
+}
+
+#[test]
+fn check_and_fmt_check_pass_on_every_example_and_stdlib_file() {
+    let files = good_files();
+    let args: Vec<&str> = files.iter().map(String::as_str).collect();
+    let out = modelc(&[&["check"], args.as_slice()].concat());
+    assert_eq!(out.status.code(), Some(0), "check failed:\n{}", stderr(&out));
+    let out = modelc(&[&["fmt", "--check"], args.as_slice()].concat());
+    assert_eq!(out.status.code(), Some(0), "fmt --check failed:\n{}", stderr(&out));
+}
+
+#[test]
+fn every_bad_input_exits_1_with_location_and_caret() {
+    for path in model_files("tests/parse/err") {
+        let out = modelc(&["check", &path]);
+        assert_no_panic(&out, &path);
+        assert_eq!(out.status.code(), Some(1), "{path}");
+        let err = stderr(&out);
+        assert!(err.contains(&format!("{path}:")), "{path}: no file:line:col in\n{err}");
+        assert!(err.contains('^'), "{path}: no caret in\n{err}");
+    }
+}
+
+#[test]
+fn json_diagnostics_are_one_object_per_line_with_a_location() {
+    let out = modelc(&["--message-format", "json", "check", "tests/parse/err/call_missing_comma.model"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let first = stdout.lines().next().expect("a JSON line");
+    let v: serde_json::Value = serde_json::from_str(first).expect("valid JSON");
+    assert_eq!(v["severity"], "error");
+    assert_eq!(v["location"]["file"], "tests/parse/err/call_missing_comma.model");
+    assert_eq!(v["location"]["line"], 3);
+    assert_eq!(v["location"]["column"], 16);
+    assert!(v["message"].as_str().unwrap_or_default().contains("to close the `(` opened at 3:13"));
+}
+
+#[test]
+fn fmt_rewrites_in_place_and_then_check_passes() {
+    let dir = std::env::temp_dir().join(format!("modelc-fmt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("messy.model");
+    std::fs::write(&path, "block  A( d:int ){\nw:[d]=ones // keep me\n\n\n\nforward(x:[B,d])->[B,d]{return x*w}}\n")
+        .expect("write");
+    let p = path.to_string_lossy().into_owned();
+    let out = modelc(&["fmt", "--check", &p]);
+    assert_eq!(out.status.code(), Some(1), "unformatted file passed --check");
+    let out = modelc(&["fmt", &p]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&path).expect("read back");
+    assert_eq!(
+        text,
+        "block A(d: int) {\n  w: [d] = ones // keep me\n\n  forward(x: [B, d]) -> [B, d] {\n    return x * w\n  }\n}\n"
+    );
+    assert_eq!(modelc(&["fmt", "--check", &p]).status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn emit_ast_prints_a_located_tree() {
+    let out = modelc(&["emit", "tests/parse/ok/syntax_tour.model", "--stage", "ast"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("file  @"), "{text}");
+    assert!(text.contains("  block Tour  @"), "{text}");
+}
+
+#[test]
+fn unbuilt_subcommands_say_so_and_exit_2() {
+    let file = "tests/parse/ok/syntax_tour.model";
+    for args in [
+        vec!["inspect", file],
+        vec!["run", file],
+        vec!["train", file, "--steps", "3"],
+        vec!["generate", file],
+        vec!["emit", file, "--stage", "ir"],
+    ] {
+        let out = modelc(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains("not implemented yet"), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn missing_file_is_a_plain_error() {
+    let out = modelc(&["check", "no/such/file.model"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot read `no/such/file.model`"), "{}", stderr(&out));
+}
+
+/// Writes a generated input to a temp file and checks it with the binary.
+fn check_generated(name: &str, text: &str) -> Output {
+    let dir = std::env::temp_dir().join(format!("modelc-big-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    let out = modelc(&["check", &path.to_string_lossy()]);
+    assert_no_panic(&out, name);
+    out
+}
+
+#[test]
+fn nesting_20000_brackets_deep_is_a_located_error_not_a_stack_overflow() {
+    for (open, close) in [("(", ")"), ("[", "]")] {
+        let text = format!("const X = {}1{}\n", open.repeat(20_000), close.repeat(20_000));
+        let out = check_generated("deep.model", &text);
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(err.contains("nested more than 256 levels"), "{err}");
+        assert!(err.contains("deep.model:1:"), "{err}");
+    }
+    // Unbalanced and deep at once: still one located error.
+    let out = check_generated("deep_open.model", &format!("block A {{ forward() {{ return {}", "(".repeat(20_000)));
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn a_200_kb_expression_is_accepted_and_formats() {
+    let sum = format!("const X = {}\n", vec!["x1"; 50_000].join(" + "));
+    let pow = format!("const X = {}\n", vec!["2"; 50_000].join(" ** "));
+    let neg = format!("const X = {}x\n", "-".repeat(200_000));
+    let list = format!("const X = [{}]\n", vec!["1.5"; 40_000].join(", "));
+    for (name, text) in [("sum.model", sum), ("pow.model", pow), ("neg.model", neg), ("list.model", list)] {
+        assert!(text.len() >= 200_000, "{name} is only {} bytes", text.len());
+        let out = check_generated(name, &text);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", stderr(&out));
+        let dir = std::env::temp_dir().join(format!("modelc-big-{}", std::process::id()));
+        let path = dir.join(name);
+        let p = path.to_string_lossy().into_owned();
+        assert_eq!(modelc(&["fmt", &p]).status.code(), Some(0), "{name}: fmt");
+        assert_eq!(modelc(&["fmt", "--check", &p]).status.code(), Some(0), "{name}: fmt is not idempotent");
+    }
+}
+
+#[test]
+fn binary_garbage_is_rejected_without_panicking() {
+    let mut bytes: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+    bytes.extend_from_slice(b"block A {");
+    let dir = std::env::temp_dir().join(format!("modelc-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("garbage.model");
+    std::fs::write(&path, &bytes).expect("write");
+    let out = modelc(&["check", &path.to_string_lossy()]);
+    assert_no_panic(&out, "garbage");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not valid UTF-8"));
+    assert!(Path::new(&path).exists());
+}

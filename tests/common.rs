@@ -1,0 +1,78 @@
+//! What the integration tests share: finding fixtures and running the front end on them.
+#![allow(dead_code)]
+
+use modelc_grammar::{dump, format, parse, Diagnostic, Parsed, SourceFile};
+use std::path::{Path, PathBuf};
+
+/// The repository root (tests run with the package root as working directory).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `.model` files directly in `dir` (relative to the root), sorted, as root-relative paths.
+pub fn model_files(dir: &str) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(root().join(dir))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "model"))
+                .map(|p| format!("{dir}/{}", p.file_name().unwrap_or_default().to_string_lossy()))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Every file that must parse and be canonically formatted.
+pub fn good_files() -> Vec<String> {
+    let mut files = model_files("examples");
+    files.extend(model_files("stdlib"));
+    files.extend(model_files("tests/parse/ok"));
+    files
+}
+
+/// A snapshot name from a path: `examples/gpt2.model` → `examples__gpt2`.
+pub fn snapshot_name(path: &str) -> String {
+    path.trim_end_matches(".model").replace('/', "__")
+}
+
+pub fn load(path: &str) -> Result<SourceFile, Box<(Diagnostic, SourceFile)>> {
+    let bytes = std::fs::read(root().join(path)).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    modelc_grammar::decode(path, bytes)
+}
+
+/// Parses a file that must be well formed, with a readable failure.
+pub fn parse_ok(file: &SourceFile) -> Parsed {
+    parse(file).unwrap_or_else(|d| panic!("{} should parse:\n{}", file.name, d.render(file, false)))
+}
+
+/// The checks every well-formed text must pass: formatting is idempotent, keeps the
+/// tree and keeps every comment in order. Returns the formatted text.
+pub fn check_format_round_trip(file: &SourceFile) -> String {
+    let parsed = parse_ok(file);
+    let formatted = format::format(&parsed, file);
+    let again_file = SourceFile::new(format!("{} (formatted)", file.name), formatted.clone());
+    let again = parse(&again_file).unwrap_or_else(|d| {
+        panic!(
+            "formatted {} does not parse:\n{}\n--- formatted text:\n{formatted}",
+            file.name,
+            d.render(&again_file, false)
+        )
+    });
+    assert_eq!(
+        dump::dump(&again.ast, None),
+        dump::dump(&parsed.ast, None),
+        "formatting changed the tree of {}\n--- formatted text:\n{formatted}",
+        file.name
+    );
+    let comments = |p: &Parsed| p.scan.comments.iter().map(|c| c.text.clone()).collect::<Vec<_>>();
+    assert_eq!(comments(&again), comments(&parsed), "formatting lost or reordered comments of {}", file.name);
+    let twice = format::format(&again, &again_file);
+    assert_eq!(twice, formatted, "formatting {} is not idempotent", file.name);
+    formatted
+}
+
+pub fn exists(path: &str) -> bool {
+    Path::new(&root().join(path)).exists()
+}
