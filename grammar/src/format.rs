@@ -4,9 +4,10 @@
 //! comments), so formatting is idempotent. Invariants, each checked by tests:
 //! - `parse(format(x))` equals `parse(x)` apart from spans;
 //! - every `//` comment of the input appears in the output, in the same order;
-//! - argument lists, lists, tuples and parameter lists are broken one element per line
-//!   when they would pass `WIDTH` columns; operator chains and `use` groups are not
-//!   broken, so a line can still be longer.
+//! - what would pass `WIDTH` columns is broken: argument lists, lists, tuples and
+//!   parameter lists one element per line, operator chains before an operator, `if`
+//!   expressions at their braces. Only a single long token (a string) or a `use`
+//!   group can still make a longer line.
 //!
 //! Comments are placed by position with a cursor over the scanner's list: the ones before
 //! a line-level node (item, member, statement, entry, element of a broken list) go on
@@ -121,7 +122,7 @@ impl<'a> Formatter<'a> {
             out.push('\n');
         }
         out.push_str(&self.comments_before(span.start, indent, true));
-        if lead_start.is_some() && !first && self.blank_before(span.start) {
+        if lead_start.is_some() && self.blank_before(span.start) {
             out.push('\n');
         }
         let body = render(self);
@@ -484,7 +485,9 @@ impl<'a> Formatter<'a> {
                 } else {
                     self.write_expr(lhs, indent, out);
                 }
-                out.push(&format!(" {} ", op.symbol()));
+                // Too long for one line: the operator starts a continuation line, so a
+                // chain gets as many operands per line as fit.
+                out.push(&format!("\n{}{} ", pad(indent + 1), op.symbol()));
                 if needs_parens_right(rhs, *op) {
                     out.push("(");
                     self.write_expr(rhs, indent, out);
@@ -502,21 +505,28 @@ impl<'a> Formatter<'a> {
                 out.push(".");
                 out.push(&name.name);
             }
-            ExprKind::If { cond, then, otherwise } => {
-                out.push("if ");
-                self.write_expr(cond, indent, out);
-                out.push(" { ");
-                self.write_expr(then, indent, out);
-                out.push(" } else ");
-                if matches!(otherwise.kind, ExprKind::If { .. }) {
-                    self.write_expr(otherwise, indent, out);
-                } else {
-                    out.push("{ ");
-                    self.write_expr(otherwise, indent, out);
-                    out.push(" }");
-                }
-            }
+            ExprKind::If { .. } => self.write_if_broken(e, indent, out),
             _ => out.push(&flat(e)),
+        }
+    }
+
+    /// An `if` too long for one line: every branch of the `else if` chain on its own lines.
+    fn write_if_broken(&mut self, e: &Expr, indent: usize, out: &mut Out) {
+        let ExprKind::If { cond, then, otherwise } = &e.kind else {
+            return self.write_expr(e, indent, out);
+        };
+        let inner = pad(indent + 1);
+        out.push("if ");
+        self.write_expr(cond, indent, out);
+        out.push(&format!(" {{\n{inner}"));
+        self.write_expr(then, indent + 1, out);
+        out.push(&format!("\n{}}} else ", pad(indent)));
+        if matches!(otherwise.kind, ExprKind::If { .. }) {
+            self.write_if_broken(otherwise, indent, out);
+        } else {
+            out.push(&format!("{{\n{inner}"));
+            self.write_expr(otherwise, indent + 1, out);
+            out.push(&format!("\n{}}}", pad(indent)));
         }
     }
 
