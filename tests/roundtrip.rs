@@ -170,3 +170,17 @@ proptest! {
         }
     }
 }
+
+/// Inputs the fuzzer once broke (`fuzz/`): each must be rejected with a located error or
+/// round-trip through the formatter.
+#[test]
+fn fuzz_regressions_are_rejected_or_round_trip() {
+    for path in model_files("tests/parse/fuzz") {
+        let bytes = std::fs::read(root().join(&path)).unwrap_or_default();
+        let Ok(file) = modelc_grammar::decode(&path, bytes) else { continue };
+        if let Ok(parsed) = parse(&file) {
+            drop(parsed);
+            check_format_round_trip(&file);
+        }
+    }
+}

@@ -459,8 +459,13 @@ impl<'a> Formatter<'a> {
         out.text
     }
 
+    /// Whether `e` can be written flat from `col`. A comment inside forces a break only
+    /// where breaking gives it a line of its own (the elements of a call, list or tuple);
+    /// elsewhere it moves above the statement whatever the layout, so it must not sway
+    /// the layout, or the second formatting would undo the first.
     fn fits(&mut self, e: &Expr, col: usize) -> bool {
-        col + self.width(e) <= WIDTH && !self.has_comment_in(e.span)
+        let has_slots = matches!(e.kind, ExprKind::Call { .. } | ExprKind::List(_) | ExprKind::Tuple(_));
+        col + self.width(e) <= WIDTH && !(has_slots && self.has_comment_in(e.span))
     }
 
     fn write_expr(&mut self, e: &Expr, indent: usize, out: &mut Out) {
