@@ -3,6 +3,7 @@
 //! cannot do yet.
 
 use crate::report::Reporter;
+use modelc_compiler::{inspect, Program, Target};
 use modelc_grammar::{dump, format, parse, Parsed, SourceFile};
 use std::path::Path;
 
@@ -47,15 +48,73 @@ fn load_and_parse(path: &Path, report: &Reporter) -> Option<(SourceFile, Parsed)
     }
 }
 
-/// `modelc check`: every file parses (later: resolves and type-checks).
+/// Loads a file with everything it imports, reporting the first error.
+fn load_program(path: &Path, report: &Reporter) -> Option<Program> {
+    let file = load(path, report)?;
+    match modelc_compiler::load(file, path) {
+        Ok(program) => Some(program),
+        Err(e) => {
+            report_compile_error(&e, None, report, path);
+            None
+        }
+    }
+}
+
+fn report_compile_error(e: &modelc_compiler::Error, program: Option<&Program>, report: &Reporter, path: &Path) {
+    match program {
+        Some(p) => report.diagnostic(&e.diag, p.source(e.file)),
+        // Loading failed: the error is in the root file or one it imports; re-read it.
+        None => {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            report.diagnostic(&e.diag, &SourceFile::new(name, text))
+        }
+    }
+}
+
+/// `modelc check`: every file parses, its names resolve, and its models and recipes'
+/// models instantiate.
 pub fn check(paths: &[impl AsRef<Path>], report: &Reporter) -> i32 {
     let mut code = EXIT_OK;
     for path in paths {
-        if load_and_parse(path.as_ref(), report).is_none() {
+        let path = path.as_ref();
+        let Some(mut program) = load_program(path, report) else {
+            code = EXIT_INPUT;
+            continue;
+        };
+        if let Err(e) = modelc_compiler::check(&mut program) {
+            report_compile_error(&e, Some(&program), report, path);
             code = EXIT_INPUT;
         }
     }
     code
+}
+
+/// `modelc inspect`: the parameter tree and exact total of a model.
+pub fn inspect(path: &Path, target: &Target, json: bool, report: &Reporter) -> i32 {
+    let Some(mut program) = load_program(path, report) else {
+        return EXIT_INPUT;
+    };
+    let instance = match modelc_compiler::instantiate(&mut program, target) {
+        Ok(i) => i,
+        Err(e) => {
+            report_compile_error(&e, Some(&program), report, path);
+            return EXIT_INPUT;
+        }
+    };
+    let r = inspect::report(&instance);
+    if json {
+        match serde_json::to_string_pretty(&r) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                report.plain_error(&format!("cannot serialise the report: {e}"));
+                return EXIT_INPUT;
+            }
+        }
+    } else {
+        print!("{}", inspect::render(&r));
+    }
+    EXIT_OK
 }
 
 /// `modelc fmt`: rewrite files canonically, or with `check` only report those that differ.
@@ -143,7 +202,7 @@ fn stage_name(stage: Stage) -> String {
 /// What the user asked for exists in the design but not yet in this build.
 pub fn not_implemented(what: &str, report: &Reporter) -> i32 {
     report.plain_error(&format!(
-        "{what} is not implemented yet; this build has the front end only (check, fmt, emit --stage ast)"
+        "{what} is not implemented yet; this build has the front end and parameter elaboration (check, fmt, inspect, emit --stage ast)"
     ));
     EXIT_UNSUPPORTED
 }

@@ -57,15 +57,19 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
-    /// Parameter counts, FLOPs and memory of a model (not implemented yet).
+    /// Parameters per block and the exact total of a model (FLOPs and memory to come).
     Inspect {
         file: PathBuf,
+        /// The model to build (default: the file's only model).
         #[arg(long)]
         model: Option<String>,
+        /// Build the model of this recipe, with its arguments.
         #[arg(long)]
         recipe: Option<String>,
-        #[arg(long = "set")]
-        set: Vec<String>,
+        /// Override a model argument: `--set d=512` (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
+        set: Vec<(String, String)>,
+        /// Print one JSON object (`params.total` is the exact count).
         #[arg(long)]
         json: bool,
     },
@@ -89,6 +93,13 @@ enum Command {
     },
 }
 
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("expected NAME=VALUE, found `{s}`")),
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let color = match cli.color {
@@ -106,7 +117,9 @@ fn main() {
         Command::Check { files } => commands::check(&files, &report),
         Command::Fmt { files, check } => commands::fmt(&files, check, &report),
         Command::Emit { file, stage, model: _ } => commands::emit(&file, stage, &report),
-        Command::Inspect { .. } => commands::not_implemented("`modelc inspect`", &report),
+        Command::Inspect { file, model, recipe, set, json } => {
+            commands::inspect(&file, &modelc_compiler::Target { model, recipe, sets: set }, json, &report)
+        }
         Command::Run { .. } => commands::not_implemented("`modelc run`", &report),
         Command::Train { .. } => commands::not_implemented("`modelc train`", &report),
         Command::Generate { .. } => commands::not_implemented("`modelc generate`", &report),

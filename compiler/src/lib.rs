@@ -1,8 +1,245 @@
-//! Resolution, elaboration, shape checking and the Graph IR: AST → checked Graph IR.
+//! Resolution, elaboration, shape checking and the Graph IR: AST → checked program.
 //!
-//! Not built yet: this crate holds the place of the middle of the pipeline so that the
-//! crate graph (`grammar` ← `compiler` ← `modelc`) is fixed from the start.
+//! Stages, in order: `modules` (load and resolve files, imports and the embedded
+//! `stdlib`) → `elab` (compile-time evaluation; blocks → instance tree) → `inspect`
+//! (parameter counts). The Graph IR (`forward` → one `enum Op`) comes next.
 //! Architecture invariant: `compiler` depends on `grammar` for the AST and diagnostics
 //! only; nothing in `grammar` knows about this crate.
 
-pub use modelc_grammar as grammar;
+pub mod elab;
+pub mod error;
+pub mod inspect;
+pub mod modules;
+pub mod stdlib;
+
+pub use error::{Error, FileId};
+pub use modules::{load, Program};
+
+use elab::eval::{Consts, Scope};
+use elab::instance::{ArgValue, Instance, Instantiator};
+use elab::value::Value;
+use error::suggest;
+use modelc_grammar::ast::{BlockKind, ExprKind, ItemKind, Span};
+use modelc_grammar::{Diagnostic, SourceFile};
+use modules::ItemRef;
+
+/// Which model to build from the root file, and how.
+#[derive(Clone, Debug, Default)]
+pub struct Target {
+    /// `--model NAME`: a model of the file (default: its only one).
+    pub model: Option<String>,
+    /// `--recipe NAME`: the recipe whose `model = ...` gives the model and its arguments.
+    pub recipe: Option<String>,
+    /// `--set name=value` overrides of the model's arguments, as source text.
+    pub sets: Vec<(String, String)>,
+}
+
+/// Builds the instance tree of the target model.
+pub fn instantiate(program: &mut Program, target: &Target) -> Result<Instance, Error> {
+    let root = FileId(0);
+    let (block, mut args, site) = match &target.recipe {
+        Some(name) => recipe_model(program, name)?,
+        None => (choose_model(program, target.model.as_deref())?, Vec::new(), (root, Span::new(0, 0))),
+    };
+    if !target.sets.is_empty() {
+        let overrides = parse_sets(program, block, &target.sets)?;
+        args.retain(|a| !overrides.iter().any(|o| o.name.as_ref().map(|n| &n.0) == a.name.as_ref().map(|n| &n.0)));
+        args.extend(overrides);
+    }
+    let consts = Consts::default();
+    Instantiator::new(program, &consts).instantiate(block, &args, site)
+}
+
+/// Everything `modelc check` verifies for now: every model of the root file that can be
+/// built from its defaults, and every recipe's model, instantiate.
+pub fn check(program: &mut Program) -> Result<(), Error> {
+    let own: Vec<(ItemRef, bool)> = program.modules[0]
+        .ast
+        .items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, it)| match &it.kind {
+            ItemKind::Block(b) if b.kind == BlockKind::Model => {
+                Some((ItemRef { module: 0, index: i }, b.params.iter().all(|p| p.default.is_some())))
+            }
+            _ => None,
+        })
+        .collect();
+    let consts = Consts::default();
+    for (model, all_defaults) in own {
+        if all_defaults {
+            Instantiator::new(program, &consts).instantiate(model, &[], (FileId(0), Span::new(0, 0)))?;
+        }
+    }
+    let recipes: Vec<String> = program.modules[0]
+        .ast
+        .items
+        .iter()
+        .filter_map(|it| match &it.kind {
+            ItemKind::Recipe(r) => Some(r.name.name.clone()),
+            _ => None,
+        })
+        .collect();
+    for r in recipes {
+        instantiate(program, &Target { recipe: Some(r), ..Target::default() })?;
+    }
+    Ok(())
+}
+
+fn models_in(program: &Program, module: usize, own: bool) -> Vec<(String, ItemRef)> {
+    let mut found: Vec<(String, ItemRef)> = program.modules[module]
+        .names
+        .iter()
+        .filter(|(_, r)| (r.module == module) == own)
+        .filter(|(_, r)| matches!(&program.item(**r).kind, ItemKind::Block(b) if b.kind == BlockKind::Model))
+        .map(|(n, r)| (n.clone(), *r))
+        .collect();
+    found.sort_by_key(|(_, r)| (r.module, r.index));
+    found
+}
+
+fn choose_model(program: &Program, name: Option<&str>) -> Result<ItemRef, Error> {
+    let root = FileId(0);
+    let end = program.source(root).text.len();
+    if let Some(name) = name {
+        return match program.modules[0].names.get(name) {
+            Some(&r) if matches!(program.item(r).kind, ItemKind::Block(_)) => Ok(r),
+            _ => {
+                let models: Vec<String> =
+                    models_in(program, 0, true).into_iter().chain(models_in(program, 0, false)).map(|m| m.0).collect();
+                let mut d = Diagnostic::error(format!("no model `{name}` in this file"), Span::new(end, end))
+                    .with_label("--model");
+                d = d.with_help(match suggest(name, models.iter().map(String::as_str)) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("its models: {}", models.join(", ")),
+                });
+                Err(Error::new(root, d))
+            }
+        };
+    }
+    let own = models_in(program, 0, true);
+    let candidates = if own.is_empty() { models_in(program, 0, false) } else { own };
+    match candidates.as_slice() {
+        [(_, r)] => Ok(*r),
+        [] => Err(Error::new(
+            root,
+            Diagnostic::error("this file declares no model", Span::new(end, end))
+                .with_label("expected a `model` item")
+                .with_help("a `model Name(...) { ... }` is what `inspect`, `run` and `train` build"),
+        )),
+        many => Err(Error::new(
+            root,
+            Diagnostic::error("this file declares several models", Span::new(end, end))
+                .with_label("which one?")
+                .with_help(format!(
+                    "choose with --model: {}",
+                    many.iter().map(|m| m.0.as_str()).collect::<Vec<_>>().join(", ")
+                )),
+        )),
+    }
+}
+
+/// A model to instantiate: the block, its arguments, and the call site for messages.
+type ModelCall = (ItemRef, Vec<ArgValue>, (FileId, Span));
+
+/// The model of a recipe's `model = ...` entry and its arguments.
+fn recipe_model(program: &Program, name: &str) -> Result<ModelCall, Error> {
+    let root = FileId(0);
+    let recipes: Vec<&modelc_grammar::ast::Recipe> = program.modules[0]
+        .ast
+        .items
+        .iter()
+        .filter_map(|it| match &it.kind {
+            ItemKind::Recipe(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    let end = program.source(root).text.len();
+    let Some(recipe) = recipes.iter().find(|r| r.name.name == name) else {
+        let names: Vec<&str> = recipes.iter().map(|r| r.name.name.as_str()).collect();
+        let mut d =
+            Diagnostic::error(format!("no recipe `{name}` in this file"), Span::new(end, end)).with_label("--recipe");
+        d = d.with_help(match suggest(name, names.iter().copied()) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None if names.is_empty() => "this file has no recipes".to_string(),
+            None => format!("its recipes: {}", names.join(", ")),
+        });
+        return Err(Error::new(root, d));
+    };
+    let Some(entry) = recipe.entries.iter().find(|e| e.key.name == "model") else {
+        return Err(Error::new(
+            root,
+            Diagnostic::error(format!("recipe `{name}` has no `model` entry"), recipe.name.span)
+                .with_label("which model does it train?")
+                .with_help("add `model = Name(...)`"),
+        ));
+    };
+    let consts = Consts::default();
+    let mut scope = Scope::new(program, &consts, 0);
+    scope.recipe = true;
+    // `Model(...) from "checkpoint"`: the checkpoint does not change what the model is.
+    let mut value_expr = &entry.value;
+    while let ExprKind::Binary { op: modelc_grammar::ast::BinaryOp::From, lhs, .. } = &value_expr.kind {
+        value_expr = lhs;
+    }
+    let span = value_expr.span;
+    let (block, args) = match scope.eval(value_expr)? {
+        Value::Instance { block, args } => (block, args),
+        Value::Block(block) => (block, Vec::new()),
+        other => {
+            return Err(Error::new(
+                root,
+                Diagnostic::error(format!("`model` must name a model, found {}", other.kind()), span)
+                    .with_label("not a model")
+                    .with_help("write `model = Name(arg: value, ...)`"),
+            ))
+        }
+    };
+    let arg_spans: Vec<Span> = match &value_expr.kind {
+        ExprKind::Call { args, .. } => args.iter().map(|a| a.span).collect(),
+        _ => Vec::new(),
+    };
+    let args = args
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, value))| {
+            let span = arg_spans.get(i).copied().unwrap_or(span);
+            ArgValue { name: name.map(|n| (n, span)), value, span, file: root }
+        })
+        .collect();
+    Ok((block, args, (root, span)))
+}
+
+/// `--set name=value` → arguments, each value parsed as an expression of the language
+/// and evaluated in the root file's scope. Errors point into a virtual file `--set`.
+fn parse_sets(program: &mut Program, block: ItemRef, sets: &[(String, String)]) -> Result<Vec<ArgValue>, Error> {
+    let text: String = sets.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+    let text = format!("recipe set {{\n{text}}}\n");
+    let file = program.add_file(SourceFile::new("--set", text));
+    let parsed = modelc_grammar::parse(program.source(file)).map_err(|d| Error::new(file, d))?;
+    let entries = match parsed.ast.items.first().map(|i| &i.kind) {
+        Some(ItemKind::Recipe(r)) => r.entries.clone(),
+        _ => Vec::new(),
+    };
+    let ItemKind::Block(def) = &program.item(block).kind else {
+        return Ok(Vec::new());
+    };
+    let params: Vec<String> = def.params.iter().map(|p| p.name.name.clone()).collect();
+    let consts = Consts::default();
+    let scope = Scope::new(program, &consts, 0);
+    let mut out = Vec::new();
+    for e in entries {
+        if !params.contains(&e.key.name) {
+            let mut d = Diagnostic::error(format!("`{}` has no parameter `{}`", def.name.name, e.key.name), e.key.span)
+                .with_label("--set");
+            d = d.with_help(match suggest(&e.key.name, params.iter().map(String::as_str)) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("its parameters are {}", params.join(", ")),
+            });
+            return Err(Error::new(file, d));
+        }
+        let value = scope.eval(&e.value).map_err(|err| Error::new(file, *err.diag))?;
+        out.push(ArgValue { name: Some((e.key.name.clone(), e.key.span)), value, span: e.value.span, file });
+    }
+    Ok(out)
+}

@@ -1,0 +1,7 @@
+//! Elaboration: the checked AST of a program → what a model is made of. `value` and
+//! `eval` evaluate compile-time expressions; `instance` expands blocks into the tree of
+//! parameters and sub-blocks that counts, names and (next) the Graph IR build on.
+
+pub mod eval;
+pub mod instance;
+pub mod value;

@@ -1,0 +1,136 @@
+//! Elaboration: the parameter totals of published configurations, computed here by
+//! formula (independently of the compiler) and compared with `modelc inspect --json`;
+//! ill-typed programs (`tests/elab/err/`) rejected with located diagnostics (snapshots).
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn inspect_total(file: &str, sets: &[(&str, u64)]) -> u64 {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modelc"));
+    cmd.current_dir(root()).args(["inspect", file, "--json"]);
+    for (k, v) in sets {
+        cmd.args(["--set", &format!("{k}={v}")]);
+    }
+    let out = cmd.output().expect("running modelc");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect --json prints JSON");
+    json["params"]["total"].as_u64().expect("params.total is an integer")
+}
+
+/// Llama family (RMSNorm, SwiGLU, GQA, untied head, no biases).
+fn llama_formula(vocab: u64, d: u64, layers: u64, heads: u64, kv_heads: u64, ffn: u64) -> u64 {
+    let hd = d / heads;
+    let attn = d * heads * hd + 2 * d * kv_heads * hd + heads * hd * d;
+    let mlp = 3 * d * ffn;
+    vocab * d + layers * (attn + mlp + 2 * d) + d + d * vocab
+}
+
+/// Mixtral: Llama with `experts` SwiGLU experts and a bias-free router per layer.
+fn mixtral_formula(vocab: u64, d: u64, layers: u64, heads: u64, kv_heads: u64, ffn: u64, experts: u64) -> u64 {
+    let hd = d / heads;
+    let attn = d * heads * hd + 2 * d * kv_heads * hd + heads * hd * d;
+    let moe = d * experts + experts * 3 * d * ffn;
+    vocab * d + layers * (attn + moe + 2 * d) + d + d * vocab
+}
+
+/// GPT-2: learned positions, biased attention and MLP, LayerNorms with bias, tied head.
+fn gpt2_formula(vocab: u64, positions: u64, d: u64, layers: u64, ffn: u64) -> u64 {
+    let attn = 4 * (d * d + d);
+    let mlp = d * ffn + ffn + ffn * d + d;
+    vocab * d + positions * d + layers * (attn + mlp + 4 * d) + 2 * d
+}
+
+/// BERT with pooler: word, position and token-type embeddings with a LayerNorm, post-LN
+/// layers, a pooler `Linear(d, d)`; the MLM head is tied with no extra parameters.
+fn bert_formula(vocab: u64, positions: u64, types: u64, d: u64, layers: u64, ffn: u64) -> u64 {
+    let attn = 4 * (d * d + d);
+    let mlp = d * ffn + ffn + ffn * d + d;
+    (vocab + positions + types) * d + 2 * d + layers * (attn + mlp + 4 * d) + d * d + d
+}
+
+#[test]
+fn published_totals_come_out_exactly() {
+    let cases = [
+        ("examples/gpt2.model", gpt2_formula(50257, 1024, 768, 12, 3072), 124_439_808u64),
+        ("examples/llama.model", llama_formula(32000, 4096, 32, 32, 32, 11008), 6_738_415_616),
+        ("examples/mistral.model", llama_formula(32000, 4096, 32, 32, 8, 14336), 7_241_732_096),
+        ("examples/mixtral.model", mixtral_formula(32000, 4096, 32, 32, 8, 14336, 8), 46_702_792_704),
+        ("examples/bert.model", bert_formula(30522, 512, 2, 768, 12, 3072), 109_482_240),
+    ];
+    for (file, formula, published) in cases {
+        assert_eq!(formula, published, "the test's own formula for {file} is wrong");
+        assert_eq!(inspect_total(file, &[]), published, "{file}");
+    }
+}
+
+#[test]
+fn other_published_configurations_through_set() {
+    // Llama-2-13B.
+    let sets = [("d", 5120), ("layers", 40), ("heads", 40), ("kv_heads", 40), ("ffn", 13824)];
+    assert_eq!(llama_formula(32000, 5120, 40, 40, 40, 13824), 13_015_864_320);
+    assert_eq!(inspect_total("examples/llama.model", &sets), 13_015_864_320);
+    // TinyLlama-1.1B (GQA with 4 KV heads).
+    let sets = [("d", 2048), ("layers", 22), ("heads", 32), ("kv_heads", 4), ("ffn", 5632)];
+    assert_eq!(llama_formula(32000, 2048, 22, 32, 4, 5632), 1_100_048_384);
+    assert_eq!(inspect_total("examples/llama.model", &sets), 1_100_048_384);
+    // GPT-2 medium.
+    let sets = [("d", 1024), ("layers", 24), ("heads", 16), ("ffn", 4096)];
+    assert_eq!(gpt2_formula(50257, 1024, 1024, 24, 4096), 354_823_168);
+    assert_eq!(inspect_total("examples/gpt2.model", &sets), 354_823_168);
+    // BERT-large (uncased), with pooler.
+    let sets = [("d", 1024), ("layers", 24), ("heads", 16), ("ffn", 4096)];
+    assert_eq!(bert_formula(30522, 512, 2, 1024, 24, 4096), 335_141_888);
+    assert_eq!(inspect_total("examples/bert.model", &sets), 335_141_888);
+}
+
+#[test]
+fn every_example_checks_and_inspects() {
+    for file in model_files("examples") {
+        let out = Command::new(env!("CARGO_BIN_EXE_modelc")).current_dir(root()).args(["check", &file]).output();
+        let out = out.expect("running modelc");
+        assert_eq!(out.status.code(), Some(0), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // A recipe's model with its own arguments.
+    let total = {
+        let out = Command::new(env!("CARGO_BIN_EXE_modelc"))
+            .current_dir(root())
+            .args(["inspect", "examples/llama.model", "--recipe", "tiny", "--json"])
+            .output()
+            .expect("running modelc");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        json["params"]["total"].as_u64().unwrap_or_default()
+    };
+    assert_eq!(total, llama_formula(256, 64, 2, 4, 2, 172));
+}
+
+#[test]
+fn ill_typed_programs_are_rejected_with_located_diagnostics() {
+    let files = model_files("tests/elab/err");
+    assert!(files.len() >= 15, "fixtures missing: {files:?}");
+    for path in files {
+        let out = Command::new(env!("CARGO_BIN_EXE_modelc"))
+            .current_dir(root())
+            .args(["--color", "never", "check", &path])
+            .output()
+            .expect("running modelc");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{path} should be rejected:\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{path}: {stderr}");
+        assert!(stderr.contains(&format!("{path}:")) && stderr.contains('^'), "{path}: not located:\n{stderr}");
+        insta::assert_snapshot!(format!("elab__{}", snapshot_name(&path)), stderr);
+    }
+}
+
+#[test]
+fn set_errors_point_into_the_set_text() {
+    let out = Command::new(env!("CARGO_BIN_EXE_modelc"))
+        .current_dir(root())
+        .args(["--color", "never", "inspect", "examples/llama.model", "--set", "head=8"])
+        .output()
+        .expect("running modelc");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("--set:2:1") && stderr.contains("did you mean `heads`?"), "{stderr}");
+}
