@@ -283,7 +283,7 @@ impl<'a> Formatter<'a> {
         if members.is_empty() && !self.has_comment_in(Span::new(0, end)) {
             return String::new();
         }
-        let widths = align_widths(members, aligned_name, |m| m.span.start, self);
+        let widths = align_widths(members, aligned_name, |m| m.span, self);
         let mut out = String::from("\n");
         for (i, m) in members.iter().enumerate() {
             let width = widths[i];
@@ -409,7 +409,7 @@ impl<'a> Formatter<'a> {
             return out + "}";
         }
         out.push('\n');
-        let widths = align_widths(&r.entries, |e| Some(e.key.name.len()), |e| e.span.start, self);
+        let widths = align_widths(&r.entries, |e| Some(e.key.name.len()), |e| e.span, self);
         for (i, e) in r.entries.iter().enumerate() {
             let width = widths[i];
             out.push_str(&self.slot(1, e.span, i == 0, false, |f| {
@@ -648,7 +648,7 @@ impl Out {
 fn align_widths<T>(
     items: &[T],
     name_len: impl Fn(&T) -> Option<usize>,
-    start: impl Fn(&T) -> usize,
+    span: impl Fn(&T) -> Span,
     f: &Formatter,
 ) -> Vec<usize> {
     let mut widths = vec![0; items.len()];
@@ -659,7 +659,10 @@ fn align_widths<T>(
             continue;
         }
         let mut j = i + 1;
-        while j < items.len() && name_len(&items[j]).is_some() && !f.blank_before_item(start(&items[j])) {
+        while j < items.len()
+            && name_len(&items[j]).is_some()
+            && !f.blank_between(span(&items[j - 1]).end, span(&items[j]).start)
+        {
             j += 1;
         }
         let w = items[i..j].iter().filter_map(&name_len).max().unwrap_or(0);
@@ -670,25 +673,18 @@ fn align_widths<T>(
 }
 
 impl Formatter<'_> {
-    /// Whether a blank line separates an element from the one before, looking past the
-    /// comments attached to it.
-    fn blank_before_item(&self, start: usize) -> bool {
-        let mut pos = start;
-        // Walk back over own-line comments directly above the element.
-        loop {
-            if self.blank_before(pos) {
-                return true;
-            }
-            let Some(c) = self.comments.iter().rev().find(|c| c.span.end <= pos) else { return false };
-            let between = &self.src[c.span.end..pos];
-            let line_start = self.src[..c.span.start].rfind('\n').map_or(0, |n| n + 1);
-            let own_line = self.src[line_start..c.span.start].trim().is_empty();
-            if between.trim().is_empty() && own_line {
-                pos = c.span.start;
-            } else {
-                return false;
-            }
-        }
+    /// Whether a blank line separates two neighbouring elements: one before the first
+    /// own-line comment of the second element's group, or before the element itself.
+    /// Blank lines between that group's comments do not count: comments moved out of an
+    /// element keep theirs, and must not change the layout the second time round.
+    fn blank_between(&self, prev_end: usize, start: usize) -> bool {
+        let first_own_line = self
+            .comments
+            .iter()
+            .filter(|c| c.span.start >= prev_end && c.span.end <= start)
+            .find(|c| self.src[prev_end..c.span.start].contains('\n'))
+            .map_or(start, |c| c.span.start);
+        self.blank_before(first_own_line)
     }
 }
 
