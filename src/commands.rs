@@ -182,14 +182,31 @@ pub enum Stage {
 }
 
 /// `modelc emit`: print one stage's text form.
-pub fn emit(path: &Path, stage: Stage, report: &Reporter) -> i32 {
-    let Some((file, parsed)) = load_and_parse(path, report) else {
-        return EXIT_INPUT;
-    };
+pub fn emit(path: &Path, stage: Stage, target: &Target, report: &Reporter) -> i32 {
     match stage {
         Stage::Ast => {
+            let Some((file, parsed)) = load_and_parse(path, report) else {
+                return EXIT_INPUT;
+            };
             print!("{}", dump::dump(&parsed.ast, Some(&file)));
             EXIT_OK
+        }
+        Stage::Ir => {
+            let Some(mut program) = load_program(path, report) else {
+                return EXIT_INPUT;
+            };
+            let graph = modelc_compiler::instantiate(&mut program, target)
+                .and_then(|instance| modelc_compiler::elab::forward::elaborate(&program, &instance));
+            match graph {
+                Ok(graph) => {
+                    print!("{graph}");
+                    EXIT_OK
+                }
+                Err(e) => {
+                    report_compile_error(&e, Some(&program), report, path);
+                    EXIT_INPUT
+                }
+            }
         }
         other => not_implemented(&format!("`modelc emit --stage {}`", stage_name(other)), report),
     }

@@ -53,9 +53,15 @@ enum Command {
         file: PathBuf,
         #[arg(long, value_enum)]
         stage: Stage,
-        /// The model to compile, when the file has several.
+        /// The model to compile (default: the file's only model).
         #[arg(long)]
         model: Option<String>,
+        /// Build the model of this recipe, with its arguments.
+        #[arg(long)]
+        recipe: Option<String>,
+        /// Override a model argument: `--set d=512` (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
+        set: Vec<(String, String)>,
     },
     /// Parameters per block and the exact total of a model (FLOPs and memory to come).
     Inspect {
@@ -116,7 +122,9 @@ fn main() {
     let code = modelc_grammar::with_big_stack(move || match cli.command {
         Command::Check { files } => commands::check(&files, &report),
         Command::Fmt { files, check } => commands::fmt(&files, check, &report),
-        Command::Emit { file, stage, model: _ } => commands::emit(&file, stage, &report),
+        Command::Emit { file, stage, model, recipe, set } => {
+            commands::emit(&file, stage, &modelc_compiler::Target { model, recipe, sets: set }, &report)
+        }
         Command::Inspect { file, model, recipe, set, json } => {
             commands::inspect(&file, &modelc_compiler::Target { model, recipe, sets: set }, json, &report)
         }

@@ -99,7 +99,7 @@ fn unbuilt_subcommands_say_so_and_exit_2() {
         vec!["run", file],
         vec!["train", file, "--steps", "3"],
         vec!["generate", file],
-        vec!["emit", file, "--stage", "ir"],
+        vec!["emit", file, "--stage", "grad"],
     ] {
         let out = modelc(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -134,3 +134,48 @@ fn set_errors_point_into_the_set_text() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("--set:2:1") && stderr.contains("did you mean `heads`?"), "{stderr}");
 }
+
+/// The Graph IR of every example at its `tiny` recipe: reviewing a diff here is reviewing
+/// what the compiler makes of the stdlib and the models.
+#[test]
+fn graph_ir_of_every_example() {
+    for file in model_files("examples") {
+        let out = Command::new(env!("CARGO_BIN_EXE_modelc"))
+            .current_dir(root())
+            .args(["emit", &file, "--stage", "ir", "--recipe", "tiny"])
+            .output()
+            .expect("running modelc");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{file}: {stderr}");
+        let ir = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(ir.contains("= param \"") && ir.contains("\nreturn %"), "{file}: no parameters or result in\n{ir}");
+        insta::assert_snapshot!(format!("ir__{}", snapshot_name(&file)), ir);
+    }
+}
+
+/// Parameters the Graph IR reads are exactly those the instance tree declares, with the
+/// same shapes (a `stack` adds its copy axis in both).
+#[test]
+fn graph_parameters_match_the_instance_tree() {
+    for file in ["examples/llama.model", "examples/mixtral.model", "examples/gpt2.model"] {
+        let ir = Command::new(env!("CARGO_BIN_EXE_modelc"))
+            .current_dir(root())
+            .args(["emit", file, "--stage", "ir", "--recipe", "tiny"])
+            .output()
+            .expect("running modelc");
+        let ir = String::from_utf8_lossy(&ir.stdout);
+        let json = Command::new(env!("CARGO_BIN_EXE_modelc"))
+            .current_dir(root())
+            .args(["inspect", file, "--recipe", "tiny", "--json"])
+            .output()
+            .expect("running modelc");
+        let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+        // Sum of the IR's parameter sizes, from lines like `%1: f32[256, 64] = param "embed.weight"`.
+        let mut total = 0u64;
+        for line in ir.lines().filter(|l| l.contains("= param \"")) {
+            let dims = line.split('[').nth(1).and_then(|s| s.split(']').next()).unwrap_or_default();
+            total += dims.split(", ").map(|d| d.parse::<u64>().expect("parameter dims are constants")).product::<u64>();
+        }
+        assert_eq!(total, json["params"]["total"].as_u64().unwrap_or_default(), "{file}");
+    }
+}

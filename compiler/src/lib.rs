@@ -8,6 +8,7 @@
 
 pub mod elab;
 pub mod error;
+pub mod graph;
 pub mod inspect;
 pub mod modules;
 pub mod stdlib;
@@ -50,8 +51,9 @@ pub fn instantiate(program: &mut Program, target: &Target) -> Result<Instance, E
     Instantiator::new(program, &consts).instantiate(block, &args, site)
 }
 
-/// Everything `modelc check` verifies for now: every model of the root file that can be
-/// built from its defaults, and every recipe's model, instantiate.
+/// Everything `modelc check` verifies: every model of the root file that can be built
+/// from its defaults, and every recipe's model, instantiate and elaborate into the Graph
+/// IR with all shapes checked.
 pub fn check(program: &mut Program) -> Result<(), Error> {
     let own: Vec<(ItemRef, bool)> = program.modules[0]
         .ast
@@ -68,7 +70,8 @@ pub fn check(program: &mut Program) -> Result<(), Error> {
     let consts = Consts::default();
     for (model, all_defaults) in own {
         if all_defaults {
-            Instantiator::new(program, &consts).instantiate(model, &[], (FileId(0), Span::new(0, 0)))?;
+            let instance = Instantiator::new(program, &consts).instantiate(model, &[], (FileId(0), Span::new(0, 0)))?;
+            elab::forward::elaborate(program, &instance)?;
         }
     }
     let recipes: Vec<String> = program.modules[0]
@@ -81,7 +84,8 @@ pub fn check(program: &mut Program) -> Result<(), Error> {
         })
         .collect();
     for r in recipes {
-        instantiate(program, &Target { recipe: Some(r), ..Target::default() })?;
+        let instance = instantiate(program, &Target { recipe: Some(r), ..Target::default() })?;
+        elab::forward::elaborate(program, &instance)?;
     }
     Ok(())
 }

@@ -203,7 +203,7 @@ impl<'a> Scope<'a> {
     }
 
     fn binary(&self, op: BinaryOp, lhs: &Expr, rhs: &Expr, span: Span) -> Result<Value, Error> {
-        use Value::{Bool, Float, Int};
+        use Value::Bool;
         // `and`/`or` short-circuit, so `x == none or x > 0` works on an optional.
         if matches!(op, BinaryOp::And | BinaryOp::Or) {
             let l = self.condition(lhs)?;
@@ -214,6 +214,16 @@ impl<'a> Scope<'a> {
             };
         }
         let (l, r) = (self.eval(lhs)?, self.eval(rhs)?);
+        self.apply_binary(op, l, r, span, rhs.span)
+    }
+
+    /// A binary operator on two evaluated values (`and`/`or` included, without
+    /// short-circuit). `rhs_span` locates a division by zero.
+    pub fn apply_binary(&self, op: BinaryOp, l: Value, r: Value, span: Span, rhs_span: Span) -> Result<Value, Error> {
+        use Value::{Bool, Float, Int};
+        if let (BinaryOp::And | BinaryOp::Or, Bool(a), Bool(b)) = (op, &l, &r) {
+            return Ok(Bool(if op == BinaryOp::And { *a && *b } else { *a || *b }));
+        }
         if matches!(op, BinaryOp::Then | BinaryOp::From) && self.recipe {
             return Ok(Value::Call { name: op.symbol().to_string(), args: vec![(None, l), (None, r)] });
         }
@@ -254,7 +264,7 @@ impl<'a> Scope<'a> {
                         BinaryOp::Mul => a.checked_mul(b),
                         BinaryOp::Div | BinaryOp::Rem if b == 0 => {
                             return Err(self.error(
-                                Diagnostic::error("division by zero at compile time", rhs.span).with_label("is 0"),
+                                Diagnostic::error("division by zero at compile time", rhs_span).with_label("is 0"),
                             ))
                         }
                         BinaryOp::Div => Some(a.div_euclid(b)),

@@ -33,6 +33,9 @@ pub struct Instance {
     pub docs: Vec<String>,
     /// Every parameter's final value, in declaration order.
     pub args: Vec<(String, Value)>,
+    /// What `forward` sees at compile time: the parameters, then the `const`s of the
+    /// branches taken, in order.
+    pub statics: Vec<(String, Value)>,
     pub members: Vec<Member>,
 }
 
@@ -156,7 +159,15 @@ impl<'a> Instantiator<'a> {
         let result = self.members(&def.members, &mut scope, &mut members, &mut declared);
         self.stack.pop();
         result?;
-        Ok(Instance { block, block_name: def.name.name.clone(), docs: item.docs.clone(), args: bound, members })
+        let statics = scope.locals.clone();
+        Ok(Instance {
+            block,
+            block_name: def.name.name.clone(),
+            docs: item.docs.clone(),
+            args: bound,
+            statics,
+            members,
+        })
     }
 
     /// Matches call arguments to parameters, fills defaults in order and checks types.

@@ -1,0 +1,83 @@
+//! The Graph IR: SSA values, each made by one node of one `Op`, with a `dtype[dims]`
+//! type. Leaves are data inputs, parameters (by checkpoint name) and buffers. The text
+//! form (`Display`) is deterministic, for `modelc emit --stage ir` and snapshots:
+//! `%7: f32[B, T, 256] = matmul %5, %6  // blocks.0.attn.wq`.
+
+pub mod dim;
+pub mod op;
+pub mod types;
+
+use op::{Cost, Op};
+use std::fmt;
+use types::TensorType;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub u32);
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub op: Op,
+    pub args: Vec<ValueId>,
+    pub ty: TensorType,
+    /// The block instance that made it (`blocks.0.attn`), for messages and profiles.
+    pub scope: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub nodes: Vec<Node>,
+    pub outputs: Vec<ValueId>,
+    /// `aux_loss` terms by hierarchical name, added to the objective in training.
+    pub aux_losses: Vec<(String, ValueId)>,
+    /// `metric` values by hierarchical name, reported in training.
+    pub metrics: Vec<(String, ValueId)>,
+    /// Dims defined by a formula rather than bound by a signature: MoE capacities,
+    /// `("C0", "ceil(1.25 * 2 * B*T / 8)")`.
+    pub dim_defs: Vec<(String, String)>,
+}
+
+impl Graph {
+    /// Appends a node whose type was already checked.
+    pub fn push(&mut self, op: Op, args: Vec<ValueId>, ty: TensorType, scope: &str) -> ValueId {
+        self.nodes.push(Node { op, args, ty, scope: scope.to_string() });
+        ValueId(self.nodes.len() as u32 - 1)
+    }
+
+    pub fn ty(&self, v: ValueId) -> &TensorType {
+        &self.nodes[v.0 as usize].ty
+    }
+
+    /// The total cost of the graph, summed over nodes.
+    pub fn cost(&self) -> Cost {
+        let mut total = Cost { flops: dim::Dim::constant(0), bytes: dim::Dim::constant(0) };
+        for n in &self.nodes {
+            let args: Vec<&TensorType> = n.args.iter().map(|a| self.ty(*a)).collect();
+            let c = n.op.cost(&args, &n.ty);
+            total.flops = total.flops.add(&c.flops);
+            total.bytes = total.bytes.add(&c.bytes);
+        }
+        total
+    }
+}
+
+impl fmt::Display for Graph {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (name, def) in &self.dim_defs {
+            writeln!(f, "dim {name} = {def}")?;
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            let args: Vec<String> = n.args.iter().map(|a| format!("%{}", a.0)).collect();
+            let args = if args.is_empty() { String::new() } else { format!(" {}", args.join(", ")) };
+            let scope = if n.scope.is_empty() { String::new() } else { format!("  // {}", n.scope) };
+            writeln!(f, "%{i}: {} = {}{args}{}{scope}", n.ty, n.op.name(), n.op.attrs())?;
+        }
+        for (name, v) in &self.aux_losses {
+            writeln!(f, "aux_loss {name} = %{}", v.0)?;
+        }
+        for (name, v) in &self.metrics {
+            writeln!(f, "metric {name} = %{}", v.0)?;
+        }
+        let outs: Vec<String> = self.outputs.iter().map(|o| format!("%{}", o.0)).collect();
+        writeln!(f, "return {}", outs.join(", "))
+    }
+}
