@@ -90,19 +90,30 @@ pub fn check(paths: &[impl AsRef<Path>], report: &Reporter) -> i32 {
     code
 }
 
-/// `modelc inspect`: the parameter tree and exact total of a model.
-pub fn inspect(path: &Path, target: &Target, json: bool, report: &Reporter) -> i32 {
+/// `modelc inspect`: the parameter tree and exact total of a model, its FLOPs from the
+/// Graph IR and its memory, for a recipe's (or the given) batch and sequence.
+pub fn inspect(
+    path: &Path,
+    target: &Target,
+    workload: (Option<i64>, Option<i64>),
+    json: bool,
+    report: &Reporter,
+) -> i32 {
     let Some(mut program) = load_program(path, report) else {
         return EXIT_INPUT;
     };
-    let instance = match modelc_compiler::instantiate(&mut program, target) {
-        Ok(i) => i,
+    let built = modelc_compiler::instantiate(&mut program, target).and_then(|instance| {
+        let graph = modelc_compiler::elab::forward::elaborate(&program, &instance)?;
+        let w = modelc_compiler::workload(&program, target, workload.0, workload.1)?;
+        Ok(inspect::report(&instance, &graph, w))
+    });
+    let r = match built {
+        Ok(r) => r,
         Err(e) => {
             report_compile_error(&e, Some(&program), report, path);
             return EXIT_INPUT;
         }
     };
-    let r = inspect::report(&instance);
     if json {
         match serde_json::to_string_pretty(&r) {
             Ok(text) => println!("{text}"),

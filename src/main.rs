@@ -63,7 +63,7 @@ enum Command {
         #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
     },
-    /// Parameters per block and the exact total of a model (FLOPs and memory to come).
+    /// Parameters per block with the exact total, FLOPs and memory of a model.
     Inspect {
         file: PathBuf,
         /// The model to build (default: the file's only model).
@@ -75,6 +75,12 @@ enum Command {
         /// Override a model argument: `--set d=512` (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
+        /// Batch size for FLOPs and memory (default: the recipe's, else 1).
+        #[arg(long)]
+        batch: Option<i64>,
+        /// Sequence length for FLOPs and memory (default: the recipe's, else 1024).
+        #[arg(long)]
+        seq: Option<i64>,
         /// Print one JSON object (`params.total` is the exact count).
         #[arg(long)]
         json: bool,
@@ -125,8 +131,9 @@ fn main() {
         Command::Emit { file, stage, model, recipe, set } => {
             commands::emit(&file, stage, &modelc_compiler::Target { model, recipe, sets: set }, &report)
         }
-        Command::Inspect { file, model, recipe, set, json } => {
-            commands::inspect(&file, &modelc_compiler::Target { model, recipe, sets: set }, json, &report)
+        Command::Inspect { file, model, recipe, set, batch, seq, json } => {
+            let target = modelc_compiler::Target { model, recipe, sets: set };
+            commands::inspect(&file, &target, (batch, seq), json, &report)
         }
         Command::Run { .. } => commands::not_implemented("`modelc run`", &report),
         Command::Train { .. } => commands::not_implemented("`modelc train`", &report),

@@ -179,3 +179,34 @@ fn graph_parameters_match_the_instance_tree() {
         assert_eq!(total, json["params"]["total"].as_u64().unwrap_or_default(), "{file}");
     }
 }
+
+/// Forward FLOPs come from the IR's op costs; they must agree with the textbook count
+/// (2 per weight for the matmuls, 4·L·T·d per token for attention) up to what the
+/// textbook leaves out (norms, activations, softmax): a few percent.
+#[test]
+fn forward_flops_agree_with_the_textbook_count() {
+    let out = Command::new(env!("CARGO_BIN_EXE_modelc"))
+        .current_dir(root())
+        .args(["inspect", "examples/llama.model", "--json", "--seq", "4096", "--batch", "2"])
+        .output()
+        .expect("running modelc");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let per_token = json["flops"]["forward_per_token"].as_u64().expect("forward_per_token") as f64;
+    let (vocab, d, layers, seq) = (32000.0, 4096.0, 32.0, 4096.0);
+    let params = json["params"]["total"].as_u64().expect("total") as f64;
+    let textbook = 2.0 * (params - vocab * d) + 4.0 * layers * seq * d;
+    let ratio = per_token / textbook;
+    assert!((1.0..1.03).contains(&ratio), "IR count {per_token} vs textbook {textbook} (ratio {ratio})");
+    assert_eq!(json["workload"]["batch"], 2);
+    // The recipe's workload when one is named.
+    let out = Command::new(env!("CARGO_BIN_EXE_modelc"))
+        .current_dir(root())
+        .args(["inspect", "examples/llama.model", "--json", "--recipe", "tiny"])
+        .output()
+        .expect("running modelc");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!((json["workload"]["batch"].as_i64(), json["workload"]["seq"].as_i64()), (Some(8), Some(64)));
+    // AdamW keeps two f32 moments per parameter.
+    let total = json["params"]["total"].as_u64().unwrap_or_default();
+    assert_eq!(json["memory"]["optimizer_bytes"].as_u64(), Some(8 * total));
+}

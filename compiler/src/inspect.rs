@@ -1,10 +1,13 @@
-//! Instance tree → the `modelc inspect` report: parameters per block as a tree, with
-//! counts, shares and the first line of each doc comment, and the exact total.
-//! FLOPs and memory are computed from the Graph IR's op costs, which come with `forward`
-//! elaboration; until then the report says so instead of estimating from `6N`.
+//! Instance tree + Graph IR → the `modelc inspect` report: parameters per block as a
+//! tree (counts, shares, doc lines) with the exact total; FLOPs from the IR's op costs
+//! evaluated at the workload's batch and sequence; memory for parameters, gradients,
+//! optimizer state and activations.
 
 use crate::elab::instance::{Instance, Member};
 use crate::elab::value::Value;
+use crate::graph::op::Op;
+use crate::graph::Graph;
+use crate::Workload;
 use modelc_grammar::ast::CopiesKind;
 use serde::Serialize;
 
@@ -31,9 +34,33 @@ pub struct Report {
     pub model: String,
     pub args: serde_json::Map<String, serde_json::Value>,
     pub params: Params,
-    /// Not computed yet: needs the Graph IR.
-    pub flops: Option<u64>,
-    pub memory: Option<u64>,
+    pub workload: Workload,
+    pub flops: Flops,
+    pub memory: Memory,
+}
+
+/// FLOPs counted from the Graph IR's op costs (not `6N`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Flops {
+    pub forward_per_token: u64,
+    pub forward_per_step: u64,
+    /// The `attention` nodes' share of the forward pass.
+    pub attention_per_step: u64,
+    /// Forward plus backward. The backward graph does not exist yet, so this is the
+    /// forward count times 3 (a backward costs about two forwards); `train_step_basis`
+    /// says so, and autodiff will replace it with a count.
+    pub train_step: u64,
+    pub train_step_basis: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Memory {
+    pub params_bytes: u64,
+    pub grads_bytes: u64,
+    pub optimizer_bytes: u64,
+    /// Every forward value kept for the backward pass, without buffer reuse or
+    /// recomputation: an upper bound until memory planning exists.
+    pub activations_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -42,15 +69,67 @@ pub struct Params {
     pub tree: Vec<Node>,
 }
 
-pub fn report(instance: &Instance) -> Report {
+pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report {
     let args = instance.args.iter().map(|(k, v)| (k.clone(), json(v))).collect();
+    let total = instance.param_count();
+    // `B` is the batch; every other signature symbol (`T`, `S`) is the sequence length.
+    let (batch, seq) = (workload.batch, workload.seq);
+    let bind = move |s: &str| Some(if s == "B" { batch } else { seq });
+    let eval = |d: &crate::graph::dim::Dim| graph.eval_dim(d, &bind).unwrap_or(0).max(0) as u64;
+    let (mut forward, mut attention, mut activations) = (0u64, 0u64, 0u64);
+    for n in &graph.nodes {
+        let args: Vec<&crate::graph::types::TensorType> = n.args.iter().map(|a| graph.ty(*a)).collect();
+        let cost = n.op.cost(&args, &n.ty);
+        let flops = eval(&cost.flops);
+        forward += flops;
+        if matches!(n.op, Op::Attention { .. }) {
+            attention += flops;
+        }
+        if !matches!(n.op, Op::Param { .. } | Op::Input { .. } | Op::Scalar { .. } | Op::Reshape { .. }) {
+            activations += eval(&n.ty.bytes());
+        }
+    }
+    let tokens = (batch * seq).max(1) as u64;
+    let mixed = workload.precision != "f32";
+    // f32 parameters, plus a compute copy in 2 bytes under mixed precision.
+    let params_bytes = total * if mixed { 6 } else { 4 };
+    let grads_bytes = total * if mixed { 2 } else { 4 };
+    let optimizer_bytes = optimizer_bytes(instance, &workload);
     Report {
         model: instance.block_name.clone(),
         args,
-        params: Params { total: instance.param_count(), tree: children(instance, 1) },
-        flops: None,
-        memory: None,
+        params: Params { total, tree: children(instance, 1) },
+        flops: Flops {
+            forward_per_token: forward / tokens,
+            forward_per_step: forward,
+            attention_per_step: attention,
+            train_step: forward * 3,
+            train_step_basis: "forward x 3: the backward graph is not derived yet".into(),
+        },
+        memory: Memory { params_bytes, grads_bytes, optimizer_bytes, activations_bytes: activations },
+        workload,
     }
+}
+
+/// f32 optimizer state: Adam keeps two moments, SGD a momentum buffer if asked,
+/// Adafactor row and column statistics for matrices (the full second moment for
+/// vectors) and no momentum.
+fn optimizer_bytes(instance: &Instance, w: &Workload) -> u64 {
+    let mut bytes = 0u64;
+    instance.for_each_param("", &[], &mut |_, shape| {
+        let numel: u64 = shape.iter().map(|&d| d as u64).product();
+        bytes += 4 * match w.optimizer.as_str() {
+            "sgd" if w.momentum => numel,
+            "sgd" => 0,
+            "adafactor" if shape.len() >= 2 => {
+                let (r, c) = (shape[shape.len() - 2] as u64, shape[shape.len() - 1] as u64);
+                numel / (r * c).max(1) * (r + c)
+            }
+            "adafactor" => numel,
+            _ => 2 * numel,
+        };
+    });
+    bytes
 }
 
 /// The doc comment's first sentence, shortened to fit a table column.
@@ -164,6 +243,27 @@ pub fn render(report: &Report) -> String {
         out.push('\n');
     }
     out.push_str(&format!("{:w0$}  {:w1$}  {:>w2$}\n", "total", "", thousands(report.params.total)));
-    out.push_str("\nFLOPs and memory: not computed yet (they come from the Graph IR's op costs).\n");
+    let (f, m, w) = (&report.flops, &report.memory, &report.workload);
+    out.push_str(&format!("\nWorkload: batch {}, sequence {} ({})\n", w.batch, w.seq, w.from));
+    out.push_str("FLOPs (from the Graph IR's op costs)\n");
+    out.push_str(&format!("  forward per token      {:>24}\n", thousands(f.forward_per_token)));
+    out.push_str(&format!("  forward per step       {:>24}\n", thousands(f.forward_per_step)));
+    out.push_str(&format!("  attention per step     {:>24}\n", thousands(f.attention_per_step)));
+    out.push_str(&format!("  training step          {:>24}  ({})\n", thousands(f.train_step), f.train_step_basis));
+    out.push_str(&format!("Memory ({}, {})\n", w.precision, w.optimizer));
+    out.push_str(&format!("  parameters             {:>24}\n", bytes(m.params_bytes)));
+    out.push_str(&format!("  gradients              {:>24}\n", bytes(m.grads_bytes)));
+    out.push_str(&format!("  optimizer state        {:>24}\n", bytes(m.optimizer_bytes)));
+    out.push_str(&format!(
+        "  activations            {:>24}  (every forward value kept, no reuse)\n",
+        bytes(m.activations_bytes)
+    ));
     out
+}
+
+/// `28.1 GB (28,134,...)`: a readable size with the exact count.
+fn bytes(n: u64) -> String {
+    let units = [("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)];
+    let (unit, scale) = units.iter().find(|(_, s)| n as f64 >= *s).copied().unwrap_or(("B", 1.0));
+    format!("{:.1} {unit}", n as f64 / scale)
 }

@@ -247,3 +247,72 @@ fn parse_sets(program: &mut Program, block: ItemRef, sets: &[(String, String)]) 
     }
     Ok(out)
 }
+
+/// What a step processes, for FLOPs and memory: from `--batch`/`--seq`, else the
+/// recipe's `data = text(..., seq:, batch:)`, else one sequence of 1024 tokens.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Workload {
+    pub batch: i64,
+    pub seq: i64,
+    /// Where the numbers came from.
+    pub from: String,
+    /// The recipe's optimizer (`adamw`, `sgd`, ...), `adamw` by default.
+    pub optimizer: String,
+    /// `sgd` keeps a momentum buffer only with `momentum:` above 0.
+    pub momentum: bool,
+    /// `f32`, or the compute dtype of `mixed(compute: ..)`.
+    pub precision: String,
+}
+
+pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Option<i64>) -> Result<Workload, Error> {
+    let mut w = Workload {
+        batch: 1,
+        seq: 1024,
+        from: "default (batch 1, seq 1024)".into(),
+        optimizer: "adamw".into(),
+        momentum: false,
+        precision: "f32".into(),
+    };
+    if let Some(name) = &target.recipe {
+        let recipe = program.modules[0].ast.items.iter().find_map(|it| match &it.kind {
+            ItemKind::Recipe(r) if &r.name.name == name => Some(r),
+            _ => None,
+        });
+        let consts = Consts::default();
+        let mut scope = Scope::new(program, &consts, 0);
+        scope.recipe = true;
+        let arg = |args: &[(Option<String>, Value)], key: &str| {
+            args.iter().find(|(k, _)| k.as_deref() == Some(key)).map(|(_, v)| v.clone())
+        };
+        for entry in recipe.map(|r| r.entries.as_slice()).unwrap_or_default() {
+            let value = scope.eval(&entry.value)?;
+            match (entry.key.name.as_str(), value) {
+                ("data", Value::Call { args, .. }) => {
+                    if let (Some(Value::Int(b)), Some(Value::Int(s))) = (arg(&args, "batch"), arg(&args, "seq")) {
+                        (w.batch, w.seq, w.from) = (b, s, format!("recipe `{name}`"));
+                    }
+                }
+                ("optimizer", Value::Call { name, args }) => {
+                    w.momentum = matches!(arg(&args, "momentum"), Some(Value::Float(m)) if m > 0.0)
+                        || matches!(arg(&args, "momentum"), Some(Value::Int(m)) if m > 0);
+                    w.optimizer = name;
+                }
+                ("optimizer", Value::Symbol(name)) => w.optimizer = name,
+                ("precision", Value::Call { name, args }) if name == "mixed" => {
+                    w.precision = arg(&args, "compute").map_or("bf16".into(), |v| v.to_string());
+                }
+                ("precision", Value::Symbol(p)) => w.precision = p,
+                _ => {}
+            }
+        }
+    }
+    if let Some(b) = batch {
+        w.batch = b;
+        w.from = "--batch/--seq".into();
+    }
+    if let Some(s) = seq {
+        w.seq = s;
+        w.from = "--batch/--seq".into();
+    }
+    Ok(w)
+}

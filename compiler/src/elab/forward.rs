@@ -14,7 +14,7 @@ use crate::error::{suggest, Error, FileId};
 use crate::graph::dim::Dim;
 use crate::graph::op::{Binary, Op, Reduce, Unary};
 use crate::graph::types::{DType, TensorType};
-use crate::graph::{Graph, ValueId};
+use crate::graph::{DimDef, Graph, ValueId};
 use crate::modules::Program;
 use modelc_grammar::ast::{
     self, BinaryOp, CopiesKind, Expr, ExprKind, ItemKind, MemberKind, Span, StmtKind, TypeKind, UnaryOp,
@@ -961,12 +961,12 @@ impl<'a> Builder<'a> {
         if let (Some(n), Some(e)) = (n.as_constant(), e.as_constant()) {
             return Dim::constant((cf * k as f64 * n as f64 / e as f64).ceil() as i64);
         }
-        let def = format!("ceil({cf:?} * {k} * {n} / {e})");
-        if let Some((name, _)) = self.graph.dim_defs.iter().find(|(_, d)| *d == def) {
-            return Dim::symbol(name);
+        let same = |d: &&DimDef| d.capacity == cf && d.k == k && d.tokens == *n && d.experts == *e;
+        if let Some(def) = self.graph.dim_defs.iter().find(same) {
+            return Dim::symbol(&def.name);
         }
         let name = format!("C{}", self.graph.dim_defs.len());
-        self.graph.dim_defs.push((name.clone(), def));
+        self.graph.dim_defs.push(DimDef { name: name.clone(), capacity: cf, k, tokens: n.clone(), experts: e.clone() });
         Dim::symbol(&name)
     }
 

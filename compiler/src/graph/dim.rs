@@ -105,6 +105,21 @@ impl Dim {
     }
 }
 
+impl Dim {
+    /// The value with every symbol given by `value`, or `None` if one is missing.
+    pub fn eval(&self, value: &dyn Fn(&str) -> Option<i64>) -> Option<i128> {
+        let mut total: i128 = 0;
+        for (m, c) in &self.terms {
+            let mut term = *c as i128;
+            for s in m {
+                term = term.checked_mul(value(s)? as i128)?;
+            }
+            total = total.checked_add(term)?;
+        }
+        Some(total)
+    }
+}
+
 impl From<i64> for Dim {
     fn from(n: i64) -> Dim {
         Dim::constant(n)

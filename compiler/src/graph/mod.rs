@@ -31,9 +31,32 @@ pub struct Graph {
     pub aux_losses: Vec<(String, ValueId)>,
     /// `metric` values by hierarchical name, reported in training.
     pub metrics: Vec<(String, ValueId)>,
-    /// Dims defined by a formula rather than bound by a signature: MoE capacities,
-    /// `("C0", "ceil(1.25 * 2 * B*T / 8)")`.
-    pub dim_defs: Vec<(String, String)>,
+    /// Dims defined by a formula rather than bound by a signature: MoE capacities.
+    pub dim_defs: Vec<DimDef>,
+}
+
+/// `C0 = ceil(capacity * k * tokens / experts)`: an expert's slots in an MoE layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DimDef {
+    pub name: String,
+    pub capacity: f64,
+    pub k: i64,
+    pub tokens: dim::Dim,
+    pub experts: dim::Dim,
+}
+
+impl DimDef {
+    pub fn eval(&self, value: &dyn Fn(&str) -> Option<i64>) -> Option<i64> {
+        let n = self.tokens.eval(value)? as f64;
+        let e = self.experts.eval(value)? as f64;
+        Some((self.capacity * self.k as f64 * n / e).ceil() as i64)
+    }
+}
+
+impl fmt::Display for DimDef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} = ceil({:?} * {} * {} / {})", self.name, self.capacity, self.k, self.tokens, self.experts)
+    }
 }
 
 impl Graph {
@@ -45,6 +68,18 @@ impl Graph {
 
     pub fn ty(&self, v: ValueId) -> &TensorType {
         &self.nodes[v.0 as usize].ty
+    }
+
+    /// Evaluates a dim of this graph with the symbols bound by `value`, resolving the
+    /// graph's defined dims (MoE capacities) from their formulas.
+    pub fn eval_dim(&self, d: &dim::Dim, value: &dyn Fn(&str) -> Option<i64>) -> Option<i128> {
+        let defined = |s: &str| -> Option<i64> {
+            match self.dim_defs.iter().find(|def| def.name == s) {
+                Some(def) => def.eval(value),
+                None => value(s),
+            }
+        };
+        d.eval(&defined)
     }
 
     /// The total cost of the graph, summed over nodes.
@@ -62,8 +97,8 @@ impl Graph {
 
 impl fmt::Display for Graph {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (name, def) in &self.dim_defs {
-            writeln!(f, "dim {name} = {def}")?;
+        for def in &self.dim_defs {
+            writeln!(f, "dim {def}")?;
         }
         for (i, n) in self.nodes.iter().enumerate() {
             let args: Vec<String> = n.args.iter().map(|a| format!("%{}", a.0)).collect();
