@@ -29,6 +29,7 @@ pub fn good_files() -> Vec<String> {
     let mut files = model_files("examples");
     files.extend(model_files("stdlib"));
     files.extend(model_files("tests/parse/ok"));
+    files.extend(model_files("tests/elab/ok"));
     files
 }
 

@@ -210,3 +210,33 @@ fn forward_flops_agree_with_the_textbook_count() {
     let total = json["params"]["total"].as_u64().unwrap_or_default();
     assert_eq!(json["memory"]["optimizer_bytes"].as_u64(), Some(8 * total));
 }
+
+/// Well-typed fixtures (`tests/elab/ok/`) check, and their Graph IR is a snapshot.
+#[test]
+fn well_typed_fixtures_elaborate() {
+    let files = model_files("tests/elab/ok");
+    assert!(!files.is_empty());
+    for file in files {
+        let out = Command::new(env!("CARGO_BIN_EXE_modelc"))
+            .current_dir(root())
+            .args(["emit", &file, "--stage", "ir"])
+            .output()
+            .expect("running modelc");
+        assert_eq!(out.status.code(), Some(0), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        insta::assert_snapshot!(format!("ir__{}", snapshot_name(&file)), String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+/// `modelc inspect` of every example at its `tiny` recipe, as the user reads it.
+#[test]
+fn inspect_report_of_every_example() {
+    for file in model_files("examples") {
+        let out = Command::new(env!("CARGO_BIN_EXE_modelc"))
+            .current_dir(root())
+            .args(["inspect", &file, "--recipe", "tiny"])
+            .output()
+            .expect("running modelc");
+        assert_eq!(out.status.code(), Some(0), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        insta::assert_snapshot!(format!("inspect__{}", snapshot_name(&file)), String::from_utf8_lossy(&out.stdout));
+    }
+}

@@ -1608,6 +1608,138 @@ impl<'a> Builder<'a> {
                 };
                 Ok(RValue::Tensor(out))
             }
+            "pow" => {
+                let a = tensor_arg(self, 0, frame)?;
+                let dt = self.ty(a).dtype;
+                let b = pos
+                    .get(1)
+                    .ok_or_else(|| self.err(frame, Diagnostic::error("`pow(x, y)` needs two arguments", span)))?;
+                let b = self.tensor_like(b.1.clone(), Some(dt), frame, b.2)?;
+                Ok(RValue::Tensor(self.node(Op::Binary(Binary::Pow), vec![a, b], frame, span)?))
+            }
+            "reshape" | "broadcast" => {
+                let x = tensor_arg(self, 0, frame)?;
+                let shape = match pos.get(1).map(|a| &a.1) {
+                    Some(RValue::List(items) | RValue::Tuple(items)) => items
+                        .iter()
+                        .map(|v| match v {
+                            RValue::Dim(d) => Some(d.clone()),
+                            RValue::Static(Value::Int(i)) => Some(Dim::constant(*i)),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<Dim>>>(),
+                    _ => None,
+                };
+                let Some(shape) = shape else {
+                    return Err(self.err(
+                        frame,
+                        Diagnostic::error(format!("`{name}` needs a shape list of dims, as in `[B, T, d]`"), span)
+                            .with_label("here"),
+                    ));
+                };
+                let op = if name == "reshape" { Op::Reshape { shape } } else { Op::Broadcast { shape } };
+                Ok(RValue::Tensor(self.node(op, vec![x], frame, span)?))
+            }
+            "transpose" => {
+                let x = tensor_arg(self, 0, frame)?;
+                let rank = self.ty(x).rank();
+                let axes: Vec<i64> = pos[1..]
+                    .iter()
+                    .flat_map(|a| match &a.1 {
+                        RValue::Static(Value::Int(i)) => vec![*i],
+                        RValue::Static(Value::Tuple(v) | Value::List(v)) => {
+                            v.iter().filter_map(|x| if let Value::Int(i) = x { Some(*i) } else { None }).collect()
+                        }
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                let norm = |a: i64| if a < 0 { a + rank as i64 } else { a };
+                // `transpose(x)` swaps the last two axes, `transpose(x, a, b)` swaps two,
+                // `transpose(x, (p0, p1, ...))` permutes.
+                let perm: Vec<usize> = match axes.as_slice() {
+                    [] if rank >= 2 => {
+                        let mut p: Vec<usize> = (0..rank).collect();
+                        p.swap(rank - 2, rank - 1);
+                        p
+                    }
+                    [a, b] if rank != 2 || pos.len() == 3 => {
+                        let mut p: Vec<usize> = (0..rank).collect();
+                        let (a, b) = (norm(*a), norm(*b));
+                        if a < 0 || b < 0 || a as usize >= rank || b as usize >= rank {
+                            return Err(self.err(
+                                frame,
+                                Diagnostic::error(format!("axes {a} and {b} are out of range for rank {rank}"), span)
+                                    .with_label("here"),
+                            ));
+                        }
+                        p.swap(a as usize, b as usize);
+                        p
+                    }
+                    many => many.iter().map(|a| norm(*a).max(0) as usize).collect(),
+                };
+                Ok(RValue::Tensor(self.node(Op::Transpose { perm }, vec![x], frame, span)?))
+            }
+            "pad" => {
+                let x = tensor_arg(self, 0, frame)?;
+                let rank = self.ty(x).rank();
+                let axis = axis_of(self, named("axis"), rank, frame, Some(-1))?[0];
+                let amount = |v: Option<(&RValue, Span)>| match v {
+                    Some((RValue::Static(Value::Int(i)), _)) => Some(*i),
+                    None => Some(0),
+                    _ => None,
+                };
+                let (Some(before), Some(after)) = (amount(named("before")), amount(named("after"))) else {
+                    return Err(self.err(
+                        frame,
+                        Diagnostic::error("`pad(x, axis:, before:, after:, value:)` takes integer amounts", span)
+                            .with_label("here"),
+                    ));
+                };
+                let value = static_f64(named("value")).unwrap_or(0.0);
+                Ok(RValue::Tensor(self.node(Op::Pad { axis, before, after, value }, vec![x], frame, span)?))
+            }
+            "gather" | "scatter_add" => {
+                let n_args = if name == "gather" { 2 } else { 3 };
+                let ids = (0..n_args).map(|i| tensor_arg(self, i, frame)).collect::<Result<Vec<_>, _>>()?;
+                let rank = self.ty(ids[0]).rank();
+                let axis = axis_of(self, named("axis"), rank, frame, Some(-1))?[0];
+                let op = if name == "gather" { Op::Gather { axis } } else { Op::ScatterAdd { axis } };
+                Ok(RValue::Tensor(self.node(op, ids, frame, span)?))
+            }
+            "topk" => {
+                let x = tensor_arg(self, 0, frame)?;
+                let k = match named("k").or(pos.get(1).map(|a| (&a.1, a.2))) {
+                    Some((RValue::Static(Value::Int(k)), _)) => *k,
+                    _ => {
+                        return Err(self.err(
+                            frame,
+                            Diagnostic::error("`topk(x, k:)` needs an integer k", span).with_label("here"),
+                        ))
+                    }
+                };
+                let values = self.node(Op::TopK { k, indices: false }, vec![x], frame, span)?;
+                let indices = self.node(Op::TopK { k, indices: true }, vec![x], frame, span)?;
+                Ok(RValue::Tuple(vec![RValue::Tensor(values), RValue::Tensor(indices)]))
+            }
+            "one_hot" => {
+                let x = tensor_arg(self, 0, frame)?;
+                let n = match named("n").or(pos.get(1).map(|a| (&a.1, a.2))) {
+                    Some((RValue::Static(Value::Int(n)), _)) if *n > 0 => *n,
+                    _ => {
+                        return Err(self.err(
+                            frame,
+                            Diagnostic::error("`one_hot(ids, n)` needs a positive integer n", span).with_label("here"),
+                        ))
+                    }
+                };
+                Ok(RValue::Tensor(self.node(Op::OneHot { n }, vec![x], frame, span)?))
+            }
+            "cumsum" => {
+                let x = tensor_arg(self, 0, frame)?;
+                let rank = self.ty(x).rank();
+                let axis = axis_of(self, named("axis"), rank, frame, Some(-1))?[0];
+                Ok(RValue::Tensor(self.node(Op::Cumsum { axis }, vec![x], frame, span)?))
+            }
             "lstm" => {
                 let ids = (0..4).map(|i| tensor_arg(self, i, frame)).collect::<Result<Vec<_>, _>>()?;
                 let reverse = matches!(named("reverse"), Some((RValue::Static(Value::Bool(true)), _)));

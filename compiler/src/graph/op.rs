@@ -149,9 +149,31 @@ pub enum Op {
         shape: Vec<Dim>,
     },
 
+    /// Constant padding of one axis: `before` and `after` elements of `value`.
+    Pad {
+        axis: usize,
+        before: i64,
+        after: i64,
+        value: f64,
+    },
+
     // ---- indexing
     /// `table[ids]`: `[V, d]` and integer ids `[...]` → `[..., d]`.
     Embedding,
+    /// `x` taken along `axis` at integer `index` (same rank; other dims broadcast):
+    /// `out[.., i, ..] = x[.., index[.., i, ..], ..]`.
+    Gather {
+        axis: usize,
+    },
+    /// Adds `src` into zeros shaped like `x` at `index` along `axis`: `gather`'s adjoint.
+    ScatterAdd {
+        axis: usize,
+    },
+    /// The `k` largest along the last axis: their values, or (`indices`) their positions.
+    TopK {
+        k: i64,
+        indices: bool,
+    },
     OneHot {
         n: i64,
     },
@@ -352,7 +374,12 @@ impl Op {
             Op::Slice { .. } => "slice".into(),
             Op::Concat { .. } => "concat".into(),
             Op::Broadcast { .. } => "broadcast".into(),
+            Op::Pad { .. } => "pad".into(),
             Op::Embedding => "embedding".into(),
+            Op::Gather { .. } => "gather".into(),
+            Op::ScatterAdd { .. } => "scatter_add".into(),
+            Op::TopK { indices: false, .. } => "topk_values".into(),
+            Op::TopK { indices: true, .. } => "topk_indices".into(),
             Op::OneHot { .. } => "one_hot".into(),
             Op::Cumsum { .. } => "cumsum".into(),
             Op::CrossEntropy { .. } => "cross_entropy".into(),
@@ -379,7 +406,16 @@ impl Op {
             Op::Cast { to } => format!(" to={}", to.name()),
             Op::Dropout { p } => format!(" p={p:?}"),
             Op::Reduce { axes, keepdim, .. } => format!(" axes={axes:?} keepdim={keepdim}"),
-            Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::Cumsum { axis } | Op::Concat { axis } => {
+            Op::Pad { axis, before, after, value } => {
+                format!(" axis={axis} before={before} after={after} value={value:?}")
+            }
+            Op::TopK { k, .. } => format!(" k={k}"),
+            Op::Softmax { axis }
+            | Op::LogSoftmax { axis }
+            | Op::Cumsum { axis }
+            | Op::Concat { axis }
+            | Op::Gather { axis }
+            | Op::ScatterAdd { axis } => {
                 format!(" axis={axis}")
             }
             Op::Attention { causal, window, softcap, scale, .. } => {
@@ -635,6 +671,55 @@ impl Op {
                 }
                 Ok(TensorType::new(args[0].dtype, shape.clone()))
             }
+            Op::Pad { axis, before, after, .. } => {
+                arity(1)?;
+                check_axis(*axis, args[0].rank())?;
+                if *before < 0 || *after < 0 {
+                    return Err(format!("`pad` takes non-negative amounts, found {before} and {after}"));
+                }
+                let mut shape = args[0].shape.clone();
+                shape[*axis] = shape[*axis].add(&Dim::constant(before + after));
+                Ok(TensorType::new(args[0].dtype, shape))
+            }
+            Op::Gather { axis } => {
+                arity(2)?;
+                let (x, index) = (args[0], args[1]);
+                check_axis(*axis, x.rank())?;
+                if index.rank() != x.rank() || !matches!(index.dtype, DType::I32 | DType::I64) {
+                    return Err(format!(
+                        "`gather` needs integer indices of the same rank as {}, found {index}",
+                        x.shape_text()
+                    ));
+                }
+                Ok(TensorType::new(x.dtype, index.shape.clone()))
+            }
+            Op::ScatterAdd { axis } => {
+                arity(3)?;
+                let (x, index, src) = (args[0], args[1], args[2]);
+                check_axis(*axis, x.rank())?;
+                if index.shape != src.shape || index.rank() != x.rank() {
+                    return Err(format!(
+                        "`scatter_add` needs index and src of one shape and the rank of {}, found {} and {}",
+                        x.shape_text(),
+                        index.shape_text(),
+                        src.shape_text()
+                    ));
+                }
+                Ok(x.clone())
+            }
+            Op::TopK { k, indices } => {
+                arity(1)?;
+                let x = args[0];
+                let Some(last) = x.shape.last() else { return Err("`topk` needs at least one axis".into()) };
+                if let Some(n) = last.as_constant() {
+                    if *k < 1 || *k > n {
+                        return Err(format!("`topk` needs 1 <= k <= {n}, found k = {k}"));
+                    }
+                }
+                let mut shape = x.shape.clone();
+                *shape.last_mut().expect("checked") = Dim::constant(*k);
+                Ok(TensorType::new(if *indices { DType::I32 } else { x.dtype }, shape))
+            }
             Op::Embedding => {
                 arity(2)?;
                 let (table, ids) = (args[0], args[1]);
@@ -756,9 +841,16 @@ impl Op {
                 return Cost { flops: Dim::constant(0), bytes: out.bytes() }
             }
             Op::Reshape { .. } => return Cost { flops: Dim::constant(0), bytes: Dim::constant(0) },
-            Op::Transpose { .. } | Op::Slice { .. } | Op::Concat { .. } | Op::Broadcast { .. } | Op::Embedding => {
-                Dim::constant(0)
-            }
+            Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Broadcast { .. }
+            | Op::Embedding
+            | Op::Pad { .. }
+            | Op::Gather { .. } => Dim::constant(0),
+            Op::ScatterAdd { .. } => args[2].numel(),
+            // A partial selection: about log2(k) comparisons per element.
+            Op::TopK { k, .. } => args[0].numel().mul(&Dim::constant(64 - (*k as u64).leading_zeros() as i64)),
             Op::Unary(u) => per_out(u.flops()),
             Op::Binary(_) | Op::Where | Op::Cast { .. } | Op::OneHot { .. } | Op::Cumsum { .. } => per_out(1),
             Op::Softcap { .. } => per_out(3),
