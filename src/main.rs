@@ -33,6 +33,26 @@ enum Color {
     Never,
 }
 
+/// Which model to build: shared by the commands that compile one.
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// The model to build (default: the file's only model).
+    #[arg(long)]
+    model: Option<String>,
+    /// Build the model of this recipe, with its arguments.
+    #[arg(long)]
+    recipe: Option<String>,
+    /// Override a model argument: `--set d=512` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
+    set: Vec<(String, String)>,
+}
+
+impl TargetArgs {
+    fn target(self) -> modelc_compiler::Target {
+        modelc_compiler::Target { model: self.model, recipe: self.recipe, sets: self.set }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Check files for errors.
@@ -53,28 +73,14 @@ enum Command {
         file: PathBuf,
         #[arg(long, value_enum)]
         stage: Stage,
-        /// The model to compile (default: the file's only model).
-        #[arg(long)]
-        model: Option<String>,
-        /// Build the model of this recipe, with its arguments.
-        #[arg(long)]
-        recipe: Option<String>,
-        /// Override a model argument: `--set d=512` (repeatable).
-        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
-        set: Vec<(String, String)>,
+        #[command(flatten)]
+        target: TargetArgs,
     },
     /// Parameters per block with the exact total, FLOPs and memory of a model.
     Inspect {
         file: PathBuf,
-        /// The model to build (default: the file's only model).
-        #[arg(long)]
-        model: Option<String>,
-        /// Build the model of this recipe, with its arguments.
-        #[arg(long)]
-        recipe: Option<String>,
-        /// Override a model argument: `--set d=512` (repeatable).
-        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
-        set: Vec<(String, String)>,
+        #[command(flatten)]
+        target: TargetArgs,
         /// Batch size for FLOPs and memory (default: the recipe's, else 1).
         #[arg(long)]
         batch: Option<i64>,
@@ -128,12 +134,9 @@ fn main() {
     let code = modelc_grammar::with_big_stack(move || match cli.command {
         Command::Check { files } => commands::check(&files, &report),
         Command::Fmt { files, check } => commands::fmt(&files, check, &report),
-        Command::Emit { file, stage, model, recipe, set } => {
-            commands::emit(&file, stage, &modelc_compiler::Target { model, recipe, sets: set }, &report)
-        }
-        Command::Inspect { file, model, recipe, set, batch, seq, json } => {
-            let target = modelc_compiler::Target { model, recipe, sets: set };
-            commands::inspect(&file, &target, (batch, seq), json, &report)
+        Command::Emit { file, stage, target } => commands::emit(&file, stage, &target.target(), &report),
+        Command::Inspect { file, target, batch, seq, json } => {
+            commands::inspect(&file, &target.target(), (batch, seq), json, &report)
         }
         Command::Run { .. } => commands::not_implemented("`modelc run`", &report),
         Command::Train { .. } => commands::not_implemented("`modelc train`", &report),

@@ -425,6 +425,30 @@ impl Expr {
     }
 }
 
+impl Type {
+    /// `i32[B, T]`, `int?`, `([B, T], [])`, with dim expressions printed by `expr`.
+    pub fn render(&self, expr: &dyn Fn(&Expr) -> String) -> String {
+        let mut s = match &self.kind {
+            TypeKind::Named(n) => n.name.clone(),
+            TypeKind::Tensor { dtype, dims } => {
+                let dims: Vec<String> = dims
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Expr(e) => expr(e),
+                        Dim::Ellipsis(_) => "...".to_string(),
+                    })
+                    .collect();
+                format!("{}[{}]", dtype.as_ref().map_or("", |d| d.name.as_str()), dims.join(", "))
+            }
+            TypeKind::Tuple(ts) => format!("({})", ts.iter().map(|t| t.render(expr)).collect::<Vec<_>>().join(", ")),
+        };
+        if self.optional {
+            s.push('?');
+        }
+        s
+    }
+}
+
 impl Item {
     /// The item's own name, where it has one.
     pub fn name(&self) -> Option<&Ident> {

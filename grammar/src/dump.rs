@@ -156,24 +156,7 @@ fn konst(c: &Const) -> String {
 }
 
 fn ty(t: &Type) -> String {
-    let mut s = match &t.kind {
-        TypeKind::Named(n) => n.name.clone(),
-        TypeKind::Tensor { dtype, dims } => {
-            let dims: Vec<String> = dims
-                .iter()
-                .map(|d| match d {
-                    Dim::Expr(e) => sexpr(e),
-                    Dim::Ellipsis(_) => "...".to_string(),
-                })
-                .collect();
-            format!("{}[{}]", dtype.as_ref().map_or("", |d| d.name.as_str()), dims.join(", "))
-        }
-        TypeKind::Tuple(ts) => format!("({})", ts.iter().map(ty).collect::<Vec<_>>().join(", ")),
-    };
-    if t.optional {
-        s.push('?');
-    }
-    s
+    t.render(&sexpr)
 }
 
 fn arg(a: &Arg) -> String {

@@ -428,27 +428,7 @@ impl<'a> Formatter<'a> {
     // ------------------------------------------------------------ types and expressions
 
     fn ty(&self, t: &Type) -> String {
-        let mut s = match &t.kind {
-            TypeKind::Named(n) => n.name.clone(),
-            TypeKind::Tensor { dtype, dims } => {
-                let dims: Vec<String> = dims
-                    .iter()
-                    .map(|d| match d {
-                        Dim::Expr(e) => flat(e),
-                        Dim::Ellipsis(_) => "...".to_string(),
-                    })
-                    .collect();
-                format!("{}[{}]", dtype.as_ref().map_or("", |d| d.name.as_str()), dims.join(", "))
-            }
-            TypeKind::Tuple(ts) => {
-                let ts: Vec<String> = ts.iter().map(|t| self.ty(t)).collect();
-                format!("({})", ts.join(", "))
-            }
-        };
-        if t.optional {
-            s.push('?');
-        }
-        s
+        t.render(&flat)
     }
 
     /// An expression starting at column `col`: flat if it fits and holds no comment,

@@ -1465,27 +1465,6 @@ impl<'a> Builder<'a> {
                 };
                 Ok(RValue::Tensor(self.node(Op::Slice { axis, start, end }, vec![x], frame, span)?))
             }
-            "broadcast_to" => {
-                let x = tensor_arg(self, 0, frame)?;
-                let shape = match pos.get(1).map(|a| &a.1) {
-                    Some(RValue::List(items) | RValue::Tuple(items)) => items
-                        .iter()
-                        .map(|v| match v {
-                            RValue::Dim(d) => Some(d.clone()),
-                            RValue::Static(Value::Int(i)) => Some(Dim::constant(*i)),
-                            _ => None,
-                        })
-                        .collect::<Option<Vec<Dim>>>(),
-                    _ => None,
-                };
-                let Some(shape) = shape else {
-                    return Err(self.err(
-                        frame,
-                        Diagnostic::error("`broadcast_to` needs a shape list of dims", span).with_label("here"),
-                    ));
-                };
-                Ok(RValue::Tensor(self.node(Op::Broadcast { shape }, vec![x], frame, span)?))
-            }
             "rearrange" => {
                 let x = tensor_arg(self, 0, frame)?;
                 let pattern = match pos.get(1).map(|a| &a.1) {
@@ -1617,7 +1596,7 @@ impl<'a> Builder<'a> {
                 let b = self.tensor_like(b.1.clone(), Some(dt), frame, b.2)?;
                 Ok(RValue::Tensor(self.node(Op::Binary(Binary::Pow), vec![a, b], frame, span)?))
             }
-            "reshape" | "broadcast" => {
+            "reshape" | "broadcast" | "broadcast_to" => {
                 let x = tensor_arg(self, 0, frame)?;
                 let shape = match pos.get(1).map(|a| &a.1) {
                     Some(RValue::List(items) | RValue::Tuple(items)) => items
