@@ -184,3 +184,88 @@ fn fuzz_regressions_are_rejected_or_round_trip() {
         }
     }
 }
+
+/// Mutations that keep the text parseable but break its meaning: names, numbers and
+/// operators swapped for others of the language.
+const SEMANTIC_EDITS: &[&str] = &[
+    "d",
+    "heads",
+    "kv_heads",
+    "0",
+    "1",
+    "-1",
+    "3",
+    "1e-5",
+    "true",
+    "none",
+    "B",
+    "T",
+    "x",
+    "+",
+    "*",
+    "@",
+    "/",
+    "Norm.pre",
+    "Act.relu",
+    "[B, T, d]",
+    "[..., d]",
+    "repeat(2)",
+    "stack(2)",
+    "axis: -1",
+    "k: 3",
+];
+
+fn semantically_mutated_example() -> impl Strategy<Value = (String, String)> {
+    let sources: Vec<(String, String)> = model_files("examples")
+        .into_iter()
+        .filter_map(|p| std::fs::read_to_string(root().join(&p)).ok().map(|t| (p, t)))
+        .collect();
+    let edits = prop::collection::vec((any::<prop::sample::Index>(), select(SEMANTIC_EDITS)), 1..4);
+    (select(sources), edits).prop_map(|((path, mut text), edits)| {
+        for (at, token) in edits {
+            // Replace one whole word or number, so that the text usually still parses.
+            let words: Vec<(usize, usize)> = text
+                .char_indices()
+                .filter(|(i, c)| {
+                    c.is_alphanumeric() && (*i == 0 || !text[..*i].ends_with(|p: char| p.is_alphanumeric() || p == '_'))
+                })
+                .map(|(i, _)| {
+                    (i, text[i..].find(|c: char| !(c.is_alphanumeric() || c == '_')).map_or(text.len(), |n| i + n))
+                })
+                .collect();
+            if let Some(&(s, e)) = words.get(at.index(words.len().max(1))) {
+                text.replace_range(s..e, token);
+            }
+        }
+        (path, text)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever the edit, the semantic stages report an error or succeed: no panic, and
+    /// every error points inside its file.
+    #[test]
+    fn semantic_stages_never_panic_on_mutated_examples((path, text) in semantically_mutated_example()) {
+        let root_path = root().join(&path);
+        let result = std::panic::catch_unwind(|| {
+            let file = SourceFile::new(path.clone(), text.clone());
+            let mut program = match modelc_compiler::load(file, &root_path) {
+                Ok(p) => p,
+                Err(e) => return Some((e.file.0, e.diag.span, None)),
+            };
+            match modelc_compiler::check(&mut program) {
+                Ok(()) => None,
+                Err(e) => {
+                    let len = program.source(e.file).text.len();
+                    Some((e.file.0, e.diag.span, Some(len)))
+                }
+            }
+        });
+        prop_assert!(result.is_ok(), "a semantic stage panicked on:\n{text}");
+        if let Ok(Some((_, span, Some(len)))) = result {
+            prop_assert!(span.start <= span.end && span.end <= len, "span {span:?} outside a file of {len} bytes");
+        }
+    }
+}
