@@ -53,23 +53,16 @@ fn load_program(path: &Path, report: &Reporter) -> Option<Program> {
     let file = load(path, report)?;
     match modelc_compiler::load(file, path) {
         Ok(program) => Some(program),
-        Err(e) => {
-            report_compile_error(&e, None, report, path);
+        Err(failed) => {
+            let fallback = SourceFile::new(path.display().to_string(), String::new());
+            report.diagnostic(&failed.error.diag, failed.files.get(failed.error.file.0).unwrap_or(&fallback));
             None
         }
     }
 }
 
-fn report_compile_error(e: &modelc_compiler::Error, program: Option<&Program>, report: &Reporter, path: &Path) {
-    match program {
-        Some(p) => report.diagnostic(&e.diag, p.source(e.file)),
-        // Loading failed: the error is in the root file or one it imports; re-read it.
-        None => {
-            let name = path.display().to_string();
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            report.diagnostic(&e.diag, &SourceFile::new(name, text))
-        }
-    }
+fn report_compile_error(e: &modelc_compiler::Error, program: &Program, report: &Reporter) {
+    report.diagnostic(&e.diag, program.source(e.file))
 }
 
 /// `modelc check`: every file parses, its names resolve, and its models and recipes'
@@ -83,7 +76,7 @@ pub fn check(paths: &[impl AsRef<Path>], report: &Reporter) -> i32 {
             continue;
         };
         if let Err(e) = modelc_compiler::check(&mut program) {
-            report_compile_error(&e, Some(&program), report, path);
+            report_compile_error(&e, &program, report);
             code = EXIT_INPUT;
         }
     }
@@ -110,7 +103,7 @@ pub fn inspect(
     let r = match built {
         Ok(r) => r,
         Err(e) => {
-            report_compile_error(&e, Some(&program), report, path);
+            report_compile_error(&e, &program, report);
             return EXIT_INPUT;
         }
     };
@@ -214,7 +207,7 @@ pub fn emit(path: &Path, stage: Stage, target: &Target, report: &Reporter) -> i3
                     EXIT_OK
                 }
                 Err(e) => {
-                    report_compile_error(&e, Some(&program), report, path);
+                    report_compile_error(&e, &program, report);
                     EXIT_INPUT
                 }
             }
@@ -230,7 +223,7 @@ fn stage_name(stage: Stage) -> String {
 /// What the user asked for exists in the design but not yet in this build.
 pub fn not_implemented(what: &str, report: &Reporter) -> i32 {
     report.plain_error(&format!(
-        "{what} is not implemented yet; this build has the front end and parameter elaboration (check, fmt, inspect, emit --stage ast)"
+        "{what} is not implemented yet; this build compiles to the Graph IR (check, fmt, inspect, emit --stage ast|ir)"
     ));
     EXIT_UNSUPPORTED
 }

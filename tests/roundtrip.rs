@@ -253,7 +253,7 @@ proptest! {
             let file = SourceFile::new(path.clone(), text.clone());
             let mut program = match modelc_compiler::load(file, &root_path) {
                 Ok(p) => p,
-                Err(e) => return Some((e.file.0, e.diag.span, None)),
+                Err(failed) => return Some((failed.error.file.0, failed.error.diag.span, None)),
             };
             match modelc_compiler::check(&mut program) {
                 Ok(()) => None,

@@ -98,7 +98,7 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
     Report {
         model: instance.block_name.clone(),
         args,
-        params: Params { total, tree: children(instance, 1) },
+        params: Params { total, tree: children(instance, 1, &[]) },
         flops: Flops {
             forward_per_token: forward / tokens,
             forward_per_step: forward,
@@ -151,7 +151,9 @@ fn first_line(docs: &[String]) -> Option<String> {
     Some(format!("{}…", cut.trim_end()))
 }
 
-fn children(instance: &Instance, multiplier: u64) -> Vec<Node> {
+/// The nodes under `instance`; `lead` are the copy axes of enclosing `stack`s, which every
+/// tensor below carries.
+fn children(instance: &Instance, multiplier: u64, lead: &[i64]) -> Vec<Node> {
     instance
         .members
         .iter()
@@ -161,13 +163,17 @@ fn children(instance: &Instance, multiplier: u64) -> Vec<Node> {
                 kind: "param".into(),
                 copies: None,
                 params: w.count() * multiplier,
-                shape: Some(w.shape.clone()),
+                shape: Some(lead.iter().chain(&w.shape).copied().collect()),
                 doc: first_line(&w.docs),
                 children: Vec::new(),
             }),
             Member::Buffer { .. } => None,
             Member::Sub(s) => {
                 let n = s.multiplier();
+                let inner_lead: Vec<i64> = match s.copies {
+                    Some((CopiesKind::Stack, k)) => lead.iter().copied().chain([k]).collect(),
+                    _ => lead.to_vec(),
+                };
                 Some(Node {
                     name: s.name.clone(),
                     kind: s.instance.block_name.clone(),
@@ -175,16 +181,7 @@ fn children(instance: &Instance, multiplier: u64) -> Vec<Node> {
                     params: s.instance.param_count() * n * multiplier,
                     shape: None,
                     doc: first_line(&s.docs).or_else(|| first_line(&s.instance.docs)),
-                    children: children(&s.instance, n * multiplier)
-                        .into_iter()
-                        .map(|mut c| {
-                            // Inside a stack, each tensor has a leading copy dim.
-                            if let (Some((CopiesKind::Stack, k)), Some(shape)) = (s.copies, c.shape.as_mut()) {
-                                shape.insert(0, k);
-                            }
-                            c
-                        })
-                        .collect(),
+                    children: children(&s.instance, n * multiplier, &inner_lead),
                 })
             }
         })

@@ -68,6 +68,14 @@ pub fn check(program: &mut Program) -> Result<(), Error> {
         })
         .collect();
     let consts = Consts::default();
+    // Every constant of the file evaluates, used or not.
+    let scope = Scope::new(program, &consts, 0);
+    for item in &program.modules[0].ast.items {
+        if let ItemKind::Const(c) = &item.kind {
+            scope.eval(&modelc_grammar::ast::Expr { kind: ExprKind::Name(c.name.clone()), span: c.name.span })?;
+        }
+    }
+    drop(scope);
     for (model, all_defaults) in own {
         if all_defaults {
             let instance = Instantiator::new(program, &consts).instantiate(model, &[], (FileId(0), Span::new(0, 0)))?;
@@ -84,8 +92,18 @@ pub fn check(program: &mut Program) -> Result<(), Error> {
         })
         .collect();
     for r in recipes {
-        let instance = instantiate(program, &Target { recipe: Some(r), ..Target::default() })?;
+        let instance = instantiate(program, &Target { recipe: Some(r.clone()), ..Target::default() })?;
         elab::forward::elaborate(program, &instance)?;
+        // Every entry evaluates: unknown enum variants, bad arithmetic and the like.
+        let recipe = program.modules[0].ast.items.iter().find_map(|it| match &it.kind {
+            ItemKind::Recipe(x) if x.name.name == r => Some(x),
+            _ => None,
+        });
+        let mut scope = Scope::new(program, &consts, 0);
+        scope.recipe = true;
+        for entry in recipe.map(|x| x.entries.as_slice()).unwrap_or_default() {
+            scope.eval(&entry.value)?;
+        }
     }
     Ok(())
 }

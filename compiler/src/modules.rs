@@ -56,11 +56,21 @@ enum Origin {
     Std(&'static str),
 }
 
+/// A failed load: the error and every file read so far, so that an error in an imported
+/// file renders against that file's text.
+#[derive(Debug)]
+pub struct LoadError {
+    pub error: Error,
+    pub files: Vec<SourceFile>,
+}
+
 /// Loads `root` (already read into `source`) and everything it imports.
-pub fn load(source: SourceFile, root: &Path) -> Result<Program, Error> {
+pub fn load(source: SourceFile, root: &Path) -> Result<Program, Box<LoadError>> {
     let mut loader = Loader { files: Vec::new(), modules: Vec::new(), by_origin: HashMap::new(), loading: Vec::new() };
-    loader.add(source, Origin::Path(root.to_path_buf()))?;
-    Ok(Program { files: loader.files, modules: loader.modules })
+    match loader.add(source, Origin::Path(root.to_path_buf())) {
+        Ok(_) => Ok(Program { files: loader.files, modules: loader.modules }),
+        Err(error) => Err(Box::new(LoadError { error, files: loader.files })),
+    }
 }
 
 struct Loader {
@@ -190,6 +200,16 @@ impl Loader {
                     .with_secondary(span, "imported here")
                     .with_help("rename the local item"),
             ));
+        }
+        if let Some(prev) = names.get(&name) {
+            if *prev != r {
+                return Err(Error::new(
+                    file,
+                    Diagnostic::error(format!("`{name}` is imported twice, from two places"), span)
+                        .with_label("second import")
+                        .with_help("import it from one place only"),
+                ));
+            }
         }
         names.insert(name, r);
         Ok(())

@@ -672,7 +672,11 @@ fn translate(err: &pest::error::Error<Rule>, file: &SourceFile, scan: &Scan) -> 
     // pest reports where the failing rule started; its token attempts may have got
     // further, and the furthest point is where the user's text went wrong.
     let attempts = err.parse_attempts();
-    let token_pos = attempts.as_ref().map_or(0, |a| a.max_position);
+    let mut token_pos = attempts.as_ref().map_or(0, |a| a.max_position);
+    // Except past a reserved word: the lookahead that rejects it as a name reads on.
+    if reserved_word(&file.text, token_span(&file.text, rule_pos.min(file.text.len()))).is_some() {
+        token_pos = rule_pos;
+    }
     let pos = rule_pos.max(token_pos).min(file.text.len());
     let text = &file.text;
     // A doc comment with nothing after it to document: where the parse stopped, or the

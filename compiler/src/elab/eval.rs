@@ -98,18 +98,51 @@ impl<'a> Scope<'a> {
                 }
             }
             ExprKind::Unary { op, operand } => {
-                let v = self.eval(operand)?;
-                match (op, v) {
-                    (UnaryOp::Neg, Value::Int(i)) => {
-                        i.checked_neg().map(Value::Int).ok_or_else(|| self.overflow(e.span))
-                    }
-                    (UnaryOp::Neg, Value::Float(x)) => Ok(Value::Float(-x)),
-                    (UnaryOp::Not, Value::Bool(b)) => Ok(Value::Bool(!b)),
-                    (op, v) => Err(self.type_error(
-                        format!("`{}` does not apply to {} (`{v}`)", op.symbol().trim(), v.kind()),
-                        operand.span,
-                    )),
+                // A chain of prefix operators is applied innermost first, without recursion.
+                let mut ops = vec![(*op, operand.span)];
+                let mut inner = operand.as_ref();
+                while let ExprKind::Unary { op, operand } = &inner.kind {
+                    ops.push((*op, operand.span));
+                    inner = operand;
                 }
+                let mut v = self.eval(inner)?;
+                for (op, span) in ops.into_iter().rev() {
+                    v = self.apply_unary(op, v, span)?;
+                }
+                Ok(v)
+            }
+            ExprKind::Binary { op: BinaryOp::Pow, .. } => {
+                // `a ** b ** c` nests to the right: fold the right spine from its end.
+                let mut bases = Vec::new();
+                let mut cur = e;
+                while let ExprKind::Binary { op: BinaryOp::Pow, lhs, rhs } = &cur.kind {
+                    bases.push((lhs.as_ref(), cur.span, rhs.span));
+                    cur = rhs;
+                }
+                let mut v = self.eval(cur)?;
+                for (base, span, rhs_span) in bases.into_iter().rev() {
+                    let b = self.eval(base)?;
+                    v = self.apply_binary(BinaryOp::Pow, b, v, span, rhs_span)?;
+                }
+                Ok(v)
+            }
+            ExprKind::Binary { op, lhs, rhs } if !matches!(op, BinaryOp::And | BinaryOp::Or) => {
+                // `a + b - c ...` nests to the left: walk the left spine, then fold forwards.
+                let mut rest = vec![(*op, rhs.as_ref(), e.span)];
+                let mut cur = lhs.as_ref();
+                while let ExprKind::Binary { op, lhs, rhs } = &cur.kind {
+                    if matches!(op, BinaryOp::And | BinaryOp::Or | BinaryOp::Pow) {
+                        break;
+                    }
+                    rest.push((*op, rhs.as_ref(), cur.span));
+                    cur = lhs;
+                }
+                let mut v = self.eval(cur)?;
+                for (op, rhs, span) in rest.into_iter().rev() {
+                    let r = self.eval(rhs)?;
+                    v = self.apply_binary(op, v, r, span, rhs.span)?;
+                }
+                Ok(v)
             }
             ExprKind::Binary { op, lhs, rhs } => self.binary(*op, lhs, rhs, e.span),
             ExprKind::Tuple(items) => Ok(Value::Tuple(items.iter().map(|i| self.eval(i)).collect::<Result<_, _>>()?)),
@@ -120,6 +153,17 @@ impl<'a> Scope<'a> {
                 } else {
                     self.eval(otherwise)
                 }
+            }
+        }
+    }
+
+    fn apply_unary(&self, op: UnaryOp, v: Value, span: Span) -> Result<Value, Error> {
+        match (op, v) {
+            (UnaryOp::Neg, Value::Int(i)) => i.checked_neg().map(Value::Int).ok_or_else(|| self.overflow(span)),
+            (UnaryOp::Neg, Value::Float(x)) => Ok(Value::Float(-x)),
+            (UnaryOp::Not, Value::Bool(b)) => Ok(Value::Bool(!b)),
+            (op, v) => {
+                Err(self.type_error(format!("`{}` does not apply to {} (`{v}`)", op.symbol().trim(), v.kind()), span))
             }
         }
     }
@@ -172,11 +216,38 @@ impl<'a> Scope<'a> {
         let ItemKind::Const(c) = &self.program.item(r).kind else { unreachable!("constant() is called on constants") };
         self.consts.evaluating.borrow_mut().push(r);
         let scope = Scope::new(self.program, self.consts, r.module);
-        let value = scope.eval(&c.value);
+        let value = scope.eval(&c.value).and_then(|v| scope.check_const_type(c, v));
         self.consts.evaluating.borrow_mut().pop();
         let value = value?;
         self.consts.cache.borrow_mut().insert(r, value.clone());
         Ok(value)
+    }
+
+    /// A `const NAME: ty = ...` value must have its declared type (`int` widens to `float`).
+    pub fn check_const_type(&self, c: &modelc_grammar::ast::Const, v: Value) -> Result<Value, Error> {
+        let Some(ty) = &c.ty else { return Ok(v) };
+        let modelc_grammar::ast::TypeKind::Named(name) = &ty.kind else {
+            return Err(
+                self.type_error("a constant's type is `int`, `float`, `bool`, `str` or an enum".into(), ty.span)
+            );
+        };
+        let ok = match (&v, name.name.as_str()) {
+            (Value::None, _) if ty.optional => true,
+            (Value::Int(_), "int") | (Value::Float(_), "float") | (Value::Bool(_), "bool") | (Value::Str(_), "str") => {
+                true
+            }
+            (Value::Int(i), "float") => return Ok(Value::Float(*i as f64)),
+            (Value::Variant { enum_name, .. }, n) => enum_name == n,
+            _ => false,
+        };
+        if ok {
+            Ok(v)
+        } else {
+            Err(self.type_error(
+                format!("`{}` is declared `{}`, but its value is {} `{v}`", c.name.name, name.name, v.kind()),
+                c.value.span,
+            ))
+        }
     }
 
     fn variant(&self, r: ItemRef, name: &str, span: Span) -> Result<Value, Error> {
@@ -267,8 +338,9 @@ impl<'a> Scope<'a> {
                                 Diagnostic::error("division by zero at compile time", rhs_span).with_label("is 0"),
                             ))
                         }
-                        BinaryOp::Div => Some(a.div_euclid(b)),
-                        BinaryOp::Rem => Some(a.rem_euclid(b)),
+                        // Python's rules: `/` floors, `%` takes the divisor's sign.
+                        BinaryOp::Div => Some(crate::elab::forward::floor_div(a, b)),
+                        BinaryOp::Rem => Some(a - b * crate::elab::forward::floor_div(a, b)),
                         BinaryOp::Pow if b < 0 => return Ok(Float((a as f64).powf(b as f64))),
                         BinaryOp::Pow => u32::try_from(b).ok().and_then(|b| a.checked_pow(b)),
                         _ => return Err(mismatch()),
@@ -277,12 +349,17 @@ impl<'a> Scope<'a> {
                 }
                 _ => {
                     let (Some(a), Some(b)) = (num(&l), num(&r)) else { return Err(mismatch()) };
+                    if matches!(op, BinaryOp::Div | BinaryOp::Rem) && b == 0.0 {
+                        return Err(self.error(
+                            Diagnostic::error("division by zero at compile time", rhs_span).with_label("is 0"),
+                        ));
+                    }
                     Float(match op {
                         BinaryOp::Add => a + b,
                         BinaryOp::Sub => a - b,
                         BinaryOp::Mul => a * b,
                         BinaryOp::Div => a / b,
-                        BinaryOp::Rem => a % b,
+                        BinaryOp::Rem => a - b * (a / b).floor(),
                         BinaryOp::Pow => a.powf(b),
                         _ => return Err(mismatch()),
                     })

@@ -329,6 +329,9 @@ impl<'a> Builder<'a> {
                     BinaryOp::Add => l.add(&r),
                     BinaryOp::Sub => l.sub(&r),
                     BinaryOp::Mul => l.mul(&r),
+                    _ if l.as_constant().is_some() && r.as_constant().is_some_and(|c| c != 0) => {
+                        Dim::constant(floor_div(l.as_constant().unwrap_or(0), r.as_constant().unwrap_or(1)))
+                    }
                     _ => l.div_exact(&r).ok_or_else(|| {
                         self.err(
                             frame,
@@ -390,6 +393,14 @@ impl<'a> Builder<'a> {
                     }
                 }
                 StmtKind::Return(e) => {
+                    if let Some(after) = fwd.body.last().filter(|last| last.span != stmt.span) {
+                        return Err(self.err(
+                            frame,
+                            Diagnostic::error("`return` must be the last statement", after.span)
+                                .with_label("never runs")
+                                .with_secondary(stmt.span, "returns here"),
+                        ));
+                    }
                     let v = self.expr(e, frame)?;
                     if let Some(ret) = &fwd.ret {
                         self.check_return(ret, &v, frame, e.span)?;
@@ -503,6 +514,13 @@ impl<'a> Builder<'a> {
                     .with_label("extra argument"),
                 ));
             }
+            if given[i].is_some() {
+                return Err(self.err(
+                    caller,
+                    Diagnostic::error(format!("`{}` is given twice", fwd.params[i].name.name), *aspan)
+                        .with_label("second value"),
+                ));
+            }
             given[i] = Some((value.clone(), *aspan));
         }
         for (p, g) in fwd.params.iter().zip(given) {
@@ -520,7 +538,11 @@ impl<'a> Builder<'a> {
                                     "`{}` expects `{}` as {expected}, found {}",
                                     instance.block_name,
                                     p.name.name,
-                                    actual.shape_text()
+                                    if expected == actual.shape_text() {
+                                        actual.to_string()
+                                    } else {
+                                        actual.shape_text()
+                                    }
                                 ),
                                 aspan,
                             )
@@ -603,37 +625,47 @@ impl<'a> Builder<'a> {
                         .with_help("choose between tensors elementwise with `where(cond, a, b)`"),
                 )),
             },
-            ExprKind::Unary { op, operand } => {
-                let v = self.expr(operand, frame)?;
-                match (op, v) {
-                    (_, RValue::Static(s)) => {
-                        let scope = frame.scope(self);
-                        let zero = Value::Int(0);
-                        match op {
-                            UnaryOp::Neg => {
-                                scope.apply_binary(BinaryOp::Sub, zero, s, e.span, e.span).map(RValue::Static)
-                            }
-                            UnaryOp::Not => match s {
-                                Value::Bool(b) => Ok(RValue::Static(Value::Bool(!b))),
-                                other => {
-                                    Err(scope.type_error(format!("`not` needs a bool, found {}", other.kind()), e.span))
-                                }
-                            },
-                        }
-                    }
-                    (UnaryOp::Neg, RValue::Dim(d)) => Ok(RValue::Dim(d.neg())),
-                    (UnaryOp::Neg, RValue::Tensor(t)) => {
-                        Ok(RValue::Tensor(self.node(Op::Unary(Unary::Neg), vec![t], frame, e.span)?))
-                    }
-                    (UnaryOp::Not, RValue::Tensor(t)) => {
-                        Ok(RValue::Tensor(self.node(Op::Unary(Unary::Not), vec![t], frame, e.span)?))
-                    }
-                    _ => Err(self
-                        .err(frame, Diagnostic::error("this operator does not apply here", e.span).with_label("here"))),
+            ExprKind::Unary { .. } => {
+                // A chain of prefix operators is applied innermost first, without recursion.
+                let mut ops = Vec::new();
+                let mut inner = e;
+                while let ExprKind::Unary { op, operand } = &inner.kind {
+                    ops.push((*op, inner.span));
+                    inner = operand;
                 }
+                let mut v = self.expr(inner, frame)?;
+                for (op, span) in ops.into_iter().rev() {
+                    v = self.unary(op, v, frame, span)?;
+                }
+                Ok(v)
+            }
+            ExprKind::Binary { op, lhs, rhs } if !matches!(op, BinaryOp::And | BinaryOp::Or | BinaryOp::Pow) => {
+                // `a + b - c ...` nests to the left: walk the left spine, then fold forwards.
+                let mut rest = vec![(*op, rhs.as_ref(), e.span)];
+                let mut cur = lhs.as_ref();
+                while let ExprKind::Binary { op, lhs, rhs } = &cur.kind {
+                    if matches!(op, BinaryOp::And | BinaryOp::Or | BinaryOp::Pow) {
+                        break;
+                    }
+                    rest.push((*op, rhs.as_ref(), cur.span));
+                    cur = lhs;
+                }
+                let mut v = self.expr(cur, frame)?;
+                for (op, rhs, span) in rest.into_iter().rev() {
+                    let r = self.expr(rhs, frame)?;
+                    v = self.binary(op, v, r, frame, span, rhs.span)?;
+                }
+                Ok(v)
             }
             ExprKind::Binary { op, lhs, rhs } => {
-                let (l, r) = (self.expr(lhs, frame)?, self.expr(rhs, frame)?);
+                let l = self.expr(lhs, frame)?;
+                // `w == none or w > 2`: a decided compile-time `and`/`or` skips its right side.
+                if let (BinaryOp::And, RValue::Static(Value::Bool(false)))
+                | (BinaryOp::Or, RValue::Static(Value::Bool(true))) = (op, &l)
+                {
+                    return Ok(l);
+                }
+                let r = self.expr(rhs, frame)?;
                 self.binary(*op, l, r, frame, e.span, rhs.span)
             }
             ExprKind::Call { callee, args } => self.call(callee, args, frame, e.span),
@@ -721,9 +753,14 @@ impl<'a> Builder<'a> {
         }
         let item = self.program.item(frame.instance.block);
         let ItemKind::Block(def) = &item.kind else { unreachable!("instances are of blocks") };
-        let expr = find_buffer(&def.members, name)
+        let scope = frame.scope(self);
+        let expr = find_buffer(&def.members, name, &scope)?
             .ok_or_else(|| self.err(frame, Diagnostic::error(format!("buffer `{name}` not found"), Span::default())))?;
-        let v = self.expr(&expr, frame)?;
+        // A buffer is compile-time: it sees parameters and constants, not `forward`'s values.
+        let locals = std::mem::take(&mut frame.locals);
+        let v = self.expr(&expr, frame);
+        frame.locals = locals;
+        let v = v?;
         frame.buffers.insert(name.to_string(), v.clone());
         Ok(v)
     }
@@ -852,6 +889,31 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// One prefix operator applied to an elaborated value.
+    fn unary(&mut self, op: UnaryOp, v: RValue, frame: &mut Frame, span: Span) -> Result<RValue, Error> {
+        match (op, v) {
+            (_, RValue::Static(s)) => {
+                let scope = frame.scope(self);
+                let zero = Value::Int(0);
+                match op {
+                    UnaryOp::Neg => scope.apply_binary(BinaryOp::Sub, zero, s, span, span).map(RValue::Static),
+                    UnaryOp::Not => match s {
+                        Value::Bool(b) => Ok(RValue::Static(Value::Bool(!b))),
+                        other => Err(scope.type_error(format!("`not` needs a bool, found {}", other.kind()), span)),
+                    },
+                }
+            }
+            (UnaryOp::Neg, RValue::Dim(d)) => Ok(RValue::Dim(d.neg())),
+            (UnaryOp::Neg, RValue::Tensor(t)) => {
+                Ok(RValue::Tensor(self.node(Op::Unary(Unary::Neg), vec![t], frame, span)?))
+            }
+            (UnaryOp::Not, RValue::Tensor(t)) => {
+                Ok(RValue::Tensor(self.node(Op::Unary(Unary::Not), vec![t], frame, span)?))
+            }
+            _ => Err(self.err(frame, Diagnostic::error("this operator does not apply here", span).with_label("here"))),
+        }
+    }
+
     fn op_error(&self, frame: &Frame, op: BinaryOp, span: Span) -> Error {
         self.err(
             frame,
@@ -865,7 +927,15 @@ impl<'a> Builder<'a> {
         match v {
             RValue::Tensor(t) => Ok(t),
             RValue::Static(Value::Int(i)) => Ok(self.scalar(i as f64, dtype.unwrap_or(DType::I32), frame)),
-            RValue::Static(Value::Float(x)) => Ok(self.scalar(x, dtype.unwrap_or(self.act), frame)),
+            RValue::Static(Value::Float(x)) => match dtype {
+                Some(d) if !d.is_float() && x.fract() != 0.0 => Err(self.err(
+                    frame,
+                    Diagnostic::error(format!("{x:?} does not fit a {} tensor", d.name()), span)
+                        .with_label("fractional number")
+                        .with_help("cast the tensor to a float dtype first, as in `cast(x, f32)`"),
+                )),
+                _ => Ok(self.scalar(x, dtype.unwrap_or(self.act), frame)),
+            },
             RValue::Static(Value::Bool(b)) => Ok(self.scalar(f64::from(u8::from(b)), DType::Bool, frame)),
             RValue::Dim(d) => match d.as_constant() {
                 Some(c) => Ok(self.scalar(c as f64, dtype.unwrap_or(DType::I32), frame)),
@@ -941,6 +1011,19 @@ impl<'a> Builder<'a> {
         match sub.copies {
             None => self.call_instance(&sub.instance, frame.join(name), args, frame, span),
             Some((CopiesKind::Repeat, n)) => {
+                if !args.iter().any(|a| a.0.is_none()) {
+                    return Err(self.err(
+                        frame,
+                        Diagnostic::error(
+                            format!("`{name}` repeats a block: pass what flows through the copies positionally"),
+                            span,
+                        )
+                        .with_label("no positional argument")
+                        .with_help(format!(
+                            "each copy's output is the next copy's first positional argument, as in `{name}(x)`"
+                        )),
+                    ));
+                }
                 let mut args = args.to_vec();
                 let mut out = RValue::Static(Value::None);
                 for i in 0..n {
@@ -1190,6 +1273,31 @@ impl<'a> Builder<'a> {
         span: Span,
     ) -> Result<RValue, Error> {
         let pos: Vec<&(Option<String>, RValue, Span)> = args.iter().filter(|a| a.0.is_none()).collect();
+        if let Some((_, max_pos, names)) = SIGNATURES.iter().find(|(n, _, _)| *n == name) {
+            if pos.len() > *max_pos {
+                return Err(self.err(
+                    frame,
+                    Diagnostic::error(
+                        format!("`{name}` takes at most {max_pos} positional argument(s)"),
+                        pos[*max_pos].2,
+                    )
+                    .with_label("extra argument"),
+                ));
+            }
+            for (key, _, kspan) in args.iter().filter(|a| a.0.is_some()) {
+                let key = key.as_deref().unwrap_or_default();
+                if !names.contains(&key) && !names.contains(&"*") {
+                    let mut d = Diagnostic::error(format!("`{name}` has no option `{key}`"), *kspan)
+                        .with_label("unknown keyword argument");
+                    d = d.with_help(match suggest(key, names.iter().copied()) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None if names.is_empty() => format!("`{name}` takes no keyword arguments"),
+                        None => format!("its options are {}", names.join(", ")),
+                    });
+                    return Err(self.err(frame, d));
+                }
+            }
+        }
         let named = |key: &str| args.iter().find(|a| a.0.as_deref() == Some(key)).map(|a| (&a.1, a.2));
         let tensor_arg = |b: &mut Self, i: usize, frame: &Frame| -> Result<ValueId, Error> {
             let a = pos.get(i).ok_or_else(|| {
@@ -1212,15 +1320,16 @@ impl<'a> Builder<'a> {
                     Some(d) => vec![d],
                     None => (0..rank as i64).collect(),
                 },
-                Some((RValue::Static(Value::Int(i)), _)) => vec![*i],
-                Some((RValue::Static(Value::Tuple(items) | Value::List(items)), _)) => {
-                    items.iter().filter_map(|v| if let Value::Int(i) = v { Some(*i) } else { None }).collect()
-                }
-                Some((_, s)) => {
-                    return Err(
-                        b.err(frame, Diagnostic::error("an axis is a compile-time integer", s).with_label("here"))
-                    )
-                }
+                Some((v, s)) => match static_ints(v) {
+                    Some(axes) => axes,
+                    None => {
+                        return Err(b.err(
+                            frame,
+                            Diagnostic::error("an axis is a compile-time integer or tuple of them", s)
+                                .with_label("here"),
+                        ))
+                    }
+                },
             };
             raw.into_iter()
                 .map(|a| {
@@ -1260,7 +1369,11 @@ impl<'a> Builder<'a> {
             "neg" => unary(Unary::Neg),
             "gelu" => match named("approx") {
                 None | Some((RValue::Static(Value::None), _)) => unary(Unary::Gelu),
-                _ => unary(Unary::GeluTanh),
+                Some((RValue::Static(Value::Symbol(t)), _)) if t == "tanh" => unary(Unary::GeluTanh),
+                Some((_, s)) => {
+                    return Err(self
+                        .err(frame, Diagnostic::error("`approx:` is `none` (exact) or `tanh`", s).with_label("here")))
+                }
             },
             _ => None,
         };
@@ -1359,6 +1472,16 @@ impl<'a> Builder<'a> {
                     [start, end] | [start, end, _] => {
                         let step = dims.get(2).and_then(|d| d.as_constant()).unwrap_or(1);
                         let len = end.sub(start);
+                        if len.as_constant().is_some_and(|l| l < 0) || step <= 0 {
+                            return Err(self.err(
+                                frame,
+                                Diagnostic::error(
+                                    format!("`arange({start}, {end}, {step})` is empty or runs backwards"),
+                                    span,
+                                )
+                                .with_label("here"),
+                            ));
+                        }
                         let n = match len.as_constant() {
                             Some(l) if step > 0 => Dim::constant((l + step - 1) / step),
                             _ => len.div_exact(&Dim::constant(step)).ok_or_else(|| {
@@ -1622,16 +1745,18 @@ impl<'a> Builder<'a> {
             "transpose" => {
                 let x = tensor_arg(self, 0, frame)?;
                 let rank = self.ty(x).rank();
-                let axes: Vec<i64> = pos[1..]
-                    .iter()
-                    .flat_map(|a| match &a.1 {
-                        RValue::Static(Value::Int(i)) => vec![*i],
-                        RValue::Static(Value::Tuple(v) | Value::List(v)) => {
-                            v.iter().filter_map(|x| if let Value::Int(i) = x { Some(*i) } else { None }).collect()
+                let mut axes: Vec<i64> = Vec::new();
+                for a in &pos[1..] {
+                    match static_ints(&a.1) {
+                        Some(v) => axes.extend(v),
+                        None => {
+                            return Err(self.err(
+                                frame,
+                                Diagnostic::error("`transpose` takes compile-time axes", a.2).with_label("here"),
+                            ))
                         }
-                        _ => Vec::new(),
-                    })
-                    .collect();
+                    }
+                }
                 let norm = |a: i64| if a < 0 { a + rank as i64 } else { a };
                 // `transpose(x)` swaps the last two axes, `transpose(x, a, b)` swaps two,
                 // `transpose(x, (p0, p1, ...))` permutes.
@@ -1641,7 +1766,7 @@ impl<'a> Builder<'a> {
                         p.swap(rank - 2, rank - 1);
                         p
                     }
-                    [a, b] if rank != 2 || pos.len() == 3 => {
+                    [a, b] if pos.len() == 3 => {
                         let mut p: Vec<usize> = (0..rank).collect();
                         let (a, b) = (norm(*a), norm(*b));
                         if a < 0 || b < 0 || a as usize >= rank || b as usize >= rank {
@@ -1800,6 +1925,68 @@ const PRIMITIVES: &[&str] = &[
 /// Primitives of LANGUAGE.md whose Graph IR comes later.
 const NOT_YET: &[&str] = &["topk", "one_hot", "gather", "scatter_add", "cumsum", "pad", "reshape", "transpose", "rope"];
 
+/// Integers known at compile time: `1`, `(0, 1)` or `[0, 1]`, written inline or bound
+/// to a name.
+fn static_ints(v: &RValue) -> Option<Vec<i64>> {
+    let one = |v: &Value| if let Value::Int(i) = v { Some(*i) } else { None };
+    match v {
+        RValue::Static(Value::Int(i)) => Some(vec![*i]),
+        RValue::Static(Value::Tuple(items) | Value::List(items)) => items.iter().map(one).collect(),
+        RValue::Tuple(items) | RValue::List(items) => items
+            .iter()
+            .map(|i| match i {
+                RValue::Static(v) => one(v),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+/// What each primitive accepts: the most positional arguments and the keyword names.
+/// Anything else is an error, so that a misspelt option never silently does nothing.
+const SIGNATURES: &[(&str, usize, &[&str])] = &[
+    ("gelu", 1, &["approx"]),
+    ("softcap", 2, &[]),
+    ("dropout", 2, &["p"]),
+    ("cast", 2, &[]),
+    ("sum", 1, &["axis", "keepdim"]),
+    ("mean", 1, &["axis", "keepdim"]),
+    ("var", 1, &["axis", "keepdim"]),
+    ("logsumexp", 1, &["axis", "keepdim"]),
+    ("max", 2, &["axis", "keepdim"]),
+    ("min", 2, &["axis", "keepdim"]),
+    ("softmax", 1, &["axis"]),
+    ("log_softmax", 1, &["axis"]),
+    ("where", 3, &[]),
+    ("arange", 3, &[]),
+    ("embedding", 2, &[]),
+    ("concat", 1, &["axis"]),
+    ("split", 2, &["axis"]),
+    ("slice", 1, &["axis", "start", "end"]),
+    // Any keyword: the sizes of the pattern's axes (`h: heads`).
+    ("rearrange", 2, &["*"]),
+    ("attention", 3, &["causal", "window", "softcap", "scale", "bias"]),
+    ("cross_entropy", 2, &["ignore"]),
+    ("moe_route", 1, &["k", "capacity", "noise"]),
+    ("moe_dispatch", 2, &[]),
+    ("moe_combine", 2, &[]),
+    ("moe_balance", 1, &[]),
+    ("moe_zloss", 1, &[]),
+    ("lstm", 4, &["reverse"]),
+    ("pow", 2, &[]),
+    ("reshape", 2, &[]),
+    ("broadcast", 2, &[]),
+    ("broadcast_to", 2, &[]),
+    ("transpose", 3, &[]),
+    ("pad", 1, &["axis", "before", "after", "value"]),
+    ("gather", 2, &["axis"]),
+    ("scatter_add", 3, &["axis"]),
+    ("topk", 2, &["k"]),
+    ("one_hot", 2, &["n"]),
+    ("cumsum", 1, &["axis"]),
+];
+
 fn member_name(m: &Member) -> &str {
     match m {
         Member::Weight(w) => &w.name,
@@ -1815,6 +2002,16 @@ fn dtype_written(ty: &ast::Type) -> Option<&ast::Ident> {
     }
 }
 
+/// Integer division rounding towards negative infinity, as compile-time `/` does.
+pub fn floor_div(a: i64, b: i64) -> i64 {
+    let q = a / b;
+    if a % b != 0 && ((a < 0) != (b < 0)) {
+        q - 1
+    } else {
+        q
+    }
+}
+
 fn dim_binary(op: BinaryOp, a: &Dim, b: &Dim) -> Option<Dim> {
     match op {
         BinaryOp::Add => Some(a.add(b)),
@@ -1825,31 +2022,27 @@ fn dim_binary(op: BinaryOp, a: &Dim, b: &Dim) -> Option<Dim> {
     }
 }
 
-/// The expression of buffer `name`, searching `if` branches too.
-fn find_buffer(members: &[ast::Member], name: &str) -> Option<Expr> {
+/// The expression of buffer `name`, in the `if` branches that instantiation took.
+fn find_buffer(members: &[ast::Member], name: &str, scope: &Scope) -> Result<Option<Expr>, Error> {
     for m in members {
         match &m.kind {
-            MemberKind::Buffer { name: n, value } if n.name == name => return Some(value.clone()),
-            MemberKind::If { then, otherwise, .. } => {
-                if let Some(e) = find_buffer(then, name) {
-                    return Some(e);
-                }
-                match otherwise {
-                    Some(ast::Else::If(inner)) => {
-                        if let Some(e) = find_buffer(std::slice::from_ref(inner), name) {
-                            return Some(e);
-                        }
+            MemberKind::Buffer { name: n, value } if n.name == name => return Ok(Some(value.clone())),
+            MemberKind::If { cond, then, otherwise } => {
+                let found = if scope.condition(cond)? {
+                    find_buffer(then, name, scope)?
+                } else {
+                    match otherwise {
+                        Some(ast::Else::If(inner)) => find_buffer(std::slice::from_ref(inner), name, scope)?,
+                        Some(ast::Else::Body(body)) => find_buffer(body, name, scope)?,
+                        None => None,
                     }
-                    Some(ast::Else::Body(body)) => {
-                        if let Some(e) = find_buffer(body, name) {
-                            return Some(e);
-                        }
-                    }
-                    None => {}
+                };
+                if found.is_some() {
+                    return Ok(found);
                 }
             }
             _ => {}
         }
     }
-    None
+    Ok(None)
 }

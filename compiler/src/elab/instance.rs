@@ -237,11 +237,11 @@ impl<'a> Instantiator<'a> {
         }
         for (p, g) in def.params.iter().zip(given) {
             let value = match g {
-                Some((v, span, file)) => self.check_type(p, v, (file, span))?,
+                Some((v, span, file)) => self.check_type(p, v, (file, span), scope.file())?,
                 None => match &p.default {
                     Some(d) => {
                         let v = scope.eval(d)?;
-                        self.check_type(p, v, (scope.file(), d.span))?
+                        self.check_type(p, v, (scope.file(), d.span), scope.file())?
                     }
                     None => {
                         return Err(Error::new(
@@ -263,13 +263,13 @@ impl<'a> Instantiator<'a> {
     }
 
     /// Checks a value against a block parameter's declared type; `int` widens to `float`.
-    fn check_type(&self, p: &ast::Param, v: Value, at: (FileId, Span)) -> Result<Value, Error> {
+    fn check_type(&self, p: &ast::Param, v: Value, at: (FileId, Span), callee_file: FileId) -> Result<Value, Error> {
         let TypeKind::Named(ty) = &p.ty.kind else {
             return Err(Error::new(
-                self.program.file_of(self.stack.last().map_or(0, |b| b.module)),
-                Diagnostic::error("a block parameter is a compile-time value, not a tensor", p.ty.span)
-                    .with_label("tensor type")
-                    .with_help("tensors are `forward` arguments; use `int`, `float`, `bool`, `str` or an enum here"),
+                callee_file,
+                Diagnostic::error("a block parameter is a single compile-time value", p.ty.span)
+                    .with_label("not `int`, `float`, `bool`, `str` or an enum")
+                    .with_help("tensors are `forward` arguments; give each value its own parameter"),
             ));
         };
         let expected = ty.name.as_str();
@@ -318,7 +318,7 @@ impl<'a> Instantiator<'a> {
             match &m.kind {
                 MemberKind::Const(c) => {
                     declare(&c.name, declared)?;
-                    let v = scope.eval(&c.value)?;
+                    let v = scope.eval(&c.value).and_then(|v| scope.check_const_type(c, v))?;
                     scope.bind(&c.name.name, v);
                 }
                 MemberKind::Param { name, ty, init } => {

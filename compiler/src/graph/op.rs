@@ -493,6 +493,9 @@ impl Op {
                 if args[0].dtype != DType::Bool {
                     return Err(format!("`where` needs a bool condition, found {}", args[0]));
                 }
+                if args[1].dtype != args[2].dtype {
+                    return Err(format!("`where` needs both branches of one dtype, found {} and {}", args[1], args[2]));
+                }
                 let s = broadcast(&args[1].shape, &args[2].shape)
                     .and_then(|s| broadcast(&args[0].shape, &s))
                     .map_err(|e| format!("`where` arguments do not broadcast: {e}"))?;
@@ -546,6 +549,9 @@ impl Op {
                         a.shape_text(),
                         b.shape_text()
                     ));
+                }
+                if a.dtype != b.dtype || !a.dtype.is_float() {
+                    return Err(format!("`@` needs two float tensors of one dtype, found {a} and {b}"));
                 }
                 let batch = broadcast(&a.shape[..a.rank() - 2], &b.shape[..b.rank() - 2])
                     .map_err(|e| format!("`@` batch dims of {} and {}: {e}", a.shape_text(), b.shape_text()))?;
@@ -649,6 +655,9 @@ impl Op {
                 check_axis(*axis, args[0].rank())?;
                 let mut shape = args[0].shape.clone();
                 for a in &args[1..] {
+                    if a.dtype != args[0].dtype {
+                        return Err(format!("`concat` needs one dtype, found {} and {}", args[0], a));
+                    }
                     let same = a.rank() == shape.len()
                         && a.shape.iter().enumerate().all(|(i, d)| i == *axis || *d == shape[i]);
                     if !same {
@@ -735,6 +744,9 @@ impl Op {
             }
             Op::OneHot { n } => {
                 arity(1)?;
+                if !matches!(args[0].dtype, DType::I32 | DType::I64) {
+                    return Err(format!("`one_hot` needs integer ids, found {}", args[0]));
+                }
                 let mut shape = args[0].shape.clone();
                 shape.push(Dim::constant(*n));
                 Ok(TensorType::new(DType::F32, shape))
@@ -742,6 +754,9 @@ impl Op {
             Op::CrossEntropy { .. } => {
                 arity(2)?;
                 let (logits, targets) = (args[0], args[1]);
+                if !matches!(targets.dtype, DType::I32 | DType::I64) {
+                    return Err(format!("`cross_entropy` needs integer targets, found {targets}"));
+                }
                 if logits.rank() != targets.rank() + 1 || logits.shape[..targets.rank()] != targets.shape[..] {
                     return Err(format!(
                         "`cross_entropy` needs logits [..., V] and targets [...], found {} and {}",
