@@ -200,6 +200,10 @@ fn forward_flops_agree_with_the_textbook_count() {
     let ratio = per_token / textbook;
     assert!((1.0..1.03).contains(&ratio), "IR count {per_token} vs textbook {textbook} (ratio {ratio})");
     assert_eq!(json["workload"]["batch"], 2);
+    // Backward is each op's VJP: about two forwards for a matmul-dominated model.
+    let backward = json["flops"]["backward_per_step"].as_u64().expect("backward") as f64;
+    let forward = json["flops"]["forward_per_step"].as_u64().expect("forward") as f64;
+    assert!((1.9..2.2).contains(&(backward / forward)), "backward/forward = {}", backward / forward);
     // The recipe's workload when one is named.
     let out = Command::new(env!("CARGO_BIN_EXE_modelc"))
         .current_dir(root())

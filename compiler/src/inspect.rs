@@ -46,11 +46,14 @@ pub struct Flops {
     pub forward_per_step: u64,
     /// The `attention` nodes' share of the forward pass.
     pub attention_per_step: u64,
-    /// Forward plus backward. The backward graph does not exist yet, so this is the
-    /// forward count times 3 (a backward costs about two forwards); `train_step_basis`
-    /// says so, and autodiff will replace it with a count.
+    /// Backward: each node's vector-Jacobian product, from `Op::backward_flops`.
+    pub backward_per_step: u64,
+    /// The optimizer's update, per parameter by optimizer (AdamW 12, SGD 2 or 3 with
+    /// momentum, Adafactor 10).
+    pub optimizer_per_step: u64,
+    /// Forward + backward + optimizer.
     pub train_step: u64,
-    pub train_step_basis: String,
+    pub train_step_per_token: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -76,12 +79,13 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
     let (batch, seq) = (workload.batch, workload.seq);
     let bind = move |s: &str| Some(if s == "B" { batch } else { seq });
     let eval = |d: &crate::graph::dim::Dim| graph.eval_dim(d, &bind).unwrap_or(0).max(0) as u64;
-    let (mut forward, mut attention, mut activations) = (0u64, 0u64, 0u64);
+    let (mut forward, mut backward, mut attention, mut activations) = (0u64, 0u64, 0u64, 0u64);
     for n in &graph.nodes {
         let args: Vec<&crate::graph::types::TensorType> = n.args.iter().map(|a| graph.ty(*a)).collect();
         let cost = n.op.cost(&args, &n.ty);
         let flops = eval(&cost.flops);
         forward += flops;
+        backward += eval(&n.op.backward_flops(&args, &n.ty));
         if matches!(n.op, Op::Attention { .. }) {
             attention += flops;
         }
@@ -99,12 +103,24 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
         model: instance.block_name.clone(),
         args,
         params: Params { total, tree: children(instance, 1, &[]) },
-        flops: Flops {
-            forward_per_token: forward / tokens,
-            forward_per_step: forward,
-            attention_per_step: attention,
-            train_step: forward * 3,
-            train_step_basis: "forward x 3: the backward graph is not derived yet".into(),
+        flops: {
+            let per_param = match workload.optimizer.as_str() {
+                "sgd" if workload.momentum => 3,
+                "sgd" => 2,
+                "adafactor" => 10,
+                _ => 12,
+            };
+            let optimizer = total * per_param;
+            let train = forward + backward + optimizer;
+            Flops {
+                forward_per_token: forward / tokens,
+                forward_per_step: forward,
+                attention_per_step: attention,
+                backward_per_step: backward,
+                optimizer_per_step: optimizer,
+                train_step: train,
+                train_step_per_token: train / tokens,
+            }
         },
         memory: Memory { params_bytes, grads_bytes, optimizer_bytes, activations_bytes: activations },
         workload,
@@ -246,7 +262,13 @@ pub fn render(report: &Report) -> String {
     out.push_str(&format!("  forward per token      {:>24}\n", thousands(f.forward_per_token)));
     out.push_str(&format!("  forward per step       {:>24}\n", thousands(f.forward_per_step)));
     out.push_str(&format!("  attention per step     {:>24}\n", thousands(f.attention_per_step)));
-    out.push_str(&format!("  training step          {:>24}  ({})\n", thousands(f.train_step), f.train_step_basis));
+    out.push_str(&format!(
+        "  backward per step      {:>24}  (each op's vector-Jacobian product)\n",
+        thousands(f.backward_per_step)
+    ));
+    out.push_str(&format!("  optimizer per step     {:>24}\n", thousands(f.optimizer_per_step)));
+    out.push_str(&format!("  training step          {:>24}\n", thousands(f.train_step)));
+    out.push_str(&format!("  training per token     {:>24}\n", thousands(f.train_step_per_token)));
     out.push_str(&format!("Memory ({}, {})\n", w.precision, w.optimizer));
     out.push_str(&format!("  parameters             {:>24}\n", bytes(m.params_bytes)));
     out.push_str(&format!("  gradients              {:>24}\n", bytes(m.grads_bytes)));
