@@ -10,6 +10,7 @@ pub mod elab;
 pub mod error;
 pub mod graph;
 pub mod inspect;
+pub mod interp;
 pub mod modules;
 pub mod stdlib;
 

@@ -1,0 +1,685 @@
+//! The reference interpreter: Graph IR + inputs + parameters → every value, in `f64`
+//! (the oracle) or with each result rounded to its dtype (`f32`, and `bf16`/`f16` through
+//! the `half` crate) to mimic a real backend. Each op's reference semantics is one arm
+//! of the exhaustive match in `eval`; every backend is tested against this file.
+
+pub mod tensor;
+
+use crate::graph::dim::Dim;
+use crate::graph::op::{Binary, Op, Reduce, Unary};
+use crate::graph::types::DType;
+use crate::graph::Graph;
+use std::collections::HashMap;
+use tensor::{around, broadcast_shape, broadcast_to, matmul, transpose, zip, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// Everything in `f64`: the oracle.
+    F64,
+    /// Every float result rounded to its node's dtype.
+    Native,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub precision: Precision,
+    /// Dropout and router noise are active only in training.
+    pub training: bool,
+    /// Seeds dropout masks and router noise.
+    pub seed: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { precision: Precision::F64, training: false, seed: 0 }
+    }
+}
+
+/// What went wrong running a graph: a missing or ill-shaped input, an index out of range.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunError(pub String);
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Runs `graph`, returning the value of every node (index = `ValueId`).
+pub fn run(
+    graph: &Graph,
+    inputs: &HashMap<String, Tensor>,
+    params: &HashMap<String, Tensor>,
+    options: &Options,
+) -> Result<Vec<Tensor>, RunError> {
+    let symbols = bind_symbols(graph, inputs)?;
+    let dim = |d: &Dim| -> Result<usize, RunError> {
+        let v = graph
+            .eval_dim(d, &|s: &str| symbols.get(s).copied())
+            .ok_or_else(|| RunError(format!("dim {d} is not bound by the inputs")))?;
+        usize::try_from(v).map_err(|_| RunError(format!("dim {d} is negative ({v})")))
+    };
+    let mut rng = SplitMix(options.seed);
+    let mut values: Vec<Tensor> = Vec::with_capacity(graph.nodes.len());
+    for node in &graph.nodes {
+        let args: Vec<&Tensor> = node.args.iter().map(|a| &values[a.0 as usize]).collect();
+        let mut v = eval(&node.op, &args, node.ty.dtype, inputs, params, &dim, options, &mut rng)?;
+        let want: Vec<usize> = node.ty.shape.iter().map(&dim).collect::<Result<_, _>>()?;
+        if v.shape != want {
+            return Err(RunError(format!(
+                "{} made shape {:?}, its type says {:?} (in {})",
+                node.op.name(),
+                v.shape,
+                want,
+                node.scope
+            )));
+        }
+        if options.precision == Precision::Native {
+            round_to(&mut v, node.ty.dtype);
+        }
+        values.push(v);
+    }
+    Ok(values)
+}
+
+/// Binds the symbols of the inputs' declared types (`B`, `T`) from the actual shapes.
+fn bind_symbols(graph: &Graph, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, i64>, RunError> {
+    let mut symbols: HashMap<String, i64> = HashMap::new();
+    for node in &graph.nodes {
+        let Op::Input { name } = &node.op else { continue };
+        let t = inputs.get(name).ok_or_else(|| RunError(format!("missing input `{name}`")))?;
+        if t.rank() != node.ty.rank() {
+            return Err(RunError(format!("input `{name}` has shape {:?}, expected {}", t.shape, node.ty.shape_text())));
+        }
+        for (d, &actual) in node.ty.shape.iter().zip(&t.shape) {
+            let syms: Vec<&str> = d.symbols().collect();
+            // A dim that is exactly one symbol binds it; others are checked after the run.
+            if let [s] = syms.as_slice() {
+                if *d != Dim::symbol(s) {
+                    continue;
+                }
+                match symbols.get(*s) {
+                    Some(&v) if v != actual as i64 => {
+                        return Err(RunError(format!("`{s}` is {v} elsewhere but {actual} in input `{name}`")))
+                    }
+                    _ => {
+                        symbols.insert(s.to_string(), actual as i64);
+                    }
+                }
+            }
+        }
+    }
+    Ok(symbols)
+}
+
+/// Rounds a result to what its dtype can hold.
+fn round_to(t: &mut Tensor, dtype: DType) {
+    let f: fn(f64) -> f64 = match dtype {
+        DType::F32 => |x| x as f32 as f64,
+        DType::BF16 => |x| half::bf16::from_f64(x).to_f64(),
+        DType::F16 => |x| half::f16::from_f64(x).to_f64(),
+        DType::I32 | DType::I64 | DType::Bool => return,
+    };
+    t.data.iter_mut().for_each(|x| *x = f(*x));
+}
+
+/// SplitMix64: a tiny, well-mixed generator, so that one seed fixes every dropout mask
+/// and noise draw, in node order.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller).
+    fn normal(&mut self) -> f64 {
+        let u = self.uniform().max(f64::MIN_POSITIVE);
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * self.uniform()).cos()
+    }
+}
+
+fn map(x: &Tensor, f: impl Fn(f64) -> f64) -> Tensor {
+    Tensor::new(x.shape.clone(), x.data.iter().map(|&v| f(v)).collect())
+}
+
+fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
+
+fn gelu_tanh(x: f64) -> f64 {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Python's floor division and modulo, as compile-time arithmetic does.
+fn floor_div(a: f64, b: f64) -> f64 {
+    (a / b).floor()
+}
+
+fn log_sum_exp(xs: impl Iterator<Item = f64> + Clone) -> f64 {
+    let m = xs.clone().fold(f64::NEG_INFINITY, f64::max);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + xs.map(|x| (x - m).exp()).sum::<f64>().ln()
+}
+
+fn reduce(x: &Tensor, kind: Reduce, axes: &[usize], keepdim: bool) -> Tensor {
+    // Move the reduced axes last, then fold contiguous runs.
+    let kept: Vec<usize> = (0..x.rank()).filter(|a| !axes.contains(a)).collect();
+    let perm: Vec<usize> = kept.iter().chain(axes.iter()).copied().collect();
+    let moved = transpose(x, &perm);
+    let len: usize = axes.iter().map(|&a| x.shape[a]).product();
+    let groups = moved.numel().checked_div(len).unwrap_or(0);
+    let mut data = Vec::with_capacity(groups);
+    for g in 0..groups {
+        let run = &moved.data[g * len..(g + 1) * len];
+        let n = len as f64;
+        data.push(match kind {
+            Reduce::Sum => run.iter().sum(),
+            Reduce::Mean => run.iter().sum::<f64>() / n,
+            Reduce::Max => run.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            Reduce::Min => run.iter().copied().fold(f64::INFINITY, f64::min),
+            // The population variance (divide by n), as normalisations use it.
+            Reduce::Var => {
+                let m = run.iter().sum::<f64>() / n;
+                run.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / n
+            }
+            Reduce::LogSumExp => log_sum_exp(run.iter().copied()),
+        });
+    }
+    let shape: Vec<usize> = (0..x.rank())
+        .filter_map(|a| match (axes.contains(&a), keepdim) {
+            (false, _) => Some(x.shape[a]),
+            (true, true) => Some(1),
+            (true, false) => None,
+        })
+        .collect();
+    Tensor::new(shape, data)
+}
+
+fn softmax(x: &Tensor, axis: usize, log: bool) -> Tensor {
+    let (outer, len, inner) = around(&x.shape, axis);
+    let mut out = x.clone();
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |k: usize| o * len * inner + k * inner + i;
+            let lse = log_sum_exp((0..len).map(|k| x.data[at(k)]));
+            for k in 0..len {
+                let l = x.data[at(k)] - lse;
+                out.data[at(k)] = if log { l } else { l.exp() };
+            }
+        }
+    }
+    out
+}
+
+/// Multi-index of flat position `i` in `shape`.
+fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for d in (0..shape.len()).rev() {
+        idx[d] = i % shape[d].max(1);
+        i /= shape[d].max(1);
+    }
+    idx
+}
+
+fn ravel(idx: &[usize], shape: &[usize]) -> usize {
+    idx.iter().zip(shape).fold(0, |acc, (i, s)| acc * s + i)
+}
+
+fn index(v: f64, len: usize, what: &str) -> Result<usize, RunError> {
+    if v < 0.0 || v >= len as f64 || v.fract() != 0.0 {
+        return Err(RunError(format!("{what} index {v} is out of range 0..{len}")));
+    }
+    Ok(v as usize)
+}
+
+/// The route of `moe_route`: combine weights `[N, E, C]` from logits `[N, E]`.
+/// Softmax over all experts; each token's top `k` (ties to the lower index),
+/// renormalised over the k; then slots are given in GShard order (every token's first
+/// choice in token order, then every second choice, ...), and an assignment past an
+/// expert's `C` slots is dropped (weight 0: the residual carries the token).
+fn moe_route(logits: &Tensor, k: usize, capacity: usize, noise: f64, rng: &mut SplitMix, training: bool) -> Tensor {
+    let (n, e) = (logits.shape[0], logits.shape[1]);
+    let mut noisy = logits.clone();
+    if training && noise > 0.0 {
+        noisy.data.iter_mut().for_each(|x| *x += noise * rng.normal());
+    }
+    let probs = softmax(&noisy, 1, false);
+    let mut choices = vec![Vec::new(); n];
+    for (t, c) in choices.iter_mut().enumerate() {
+        let row = &probs.data[t * e..(t + 1) * e];
+        let mut order: Vec<usize> = (0..e).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let top = &order[..k];
+        let total: f64 = top.iter().map(|&x| row[x]).sum();
+        *c = top.iter().map(|&x| (x, row[x] / total)).collect::<Vec<_>>();
+    }
+    let mut fill = vec![0usize; e];
+    let mut out = Tensor::zeros(vec![n, e, capacity]);
+    for rank in 0..k {
+        for (t, c) in choices.iter().enumerate() {
+            let (x, w) = c[rank];
+            if fill[x] < capacity {
+                out.data[(t * e + x) * capacity + fill[x]] = w;
+                fill[x] += 1;
+            }
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval(
+    op: &Op,
+    args: &[&Tensor],
+    dtype: DType,
+    inputs: &HashMap<String, Tensor>,
+    params: &HashMap<String, Tensor>,
+    dim: &dyn Fn(&Dim) -> Result<usize, RunError>,
+    options: &Options,
+    rng: &mut SplitMix,
+) -> Result<Tensor, RunError> {
+    Ok(match op {
+        Op::Input { name } => inputs.get(name).cloned().ok_or_else(|| RunError(format!("missing input `{name}`")))?,
+        Op::Param { name } => {
+            params.get(name).cloned().ok_or_else(|| RunError(format!("missing parameter `{name}`")))?
+        }
+        Op::Buffer { name } => return Err(RunError(format!("buffer `{name}` is elaborated into its expression"))),
+        Op::Scalar { value } => Tensor::scalar(*value),
+        Op::Arange { n } => {
+            let n = dim(n)?;
+            Tensor::new(vec![n], (0..n).map(|i| i as f64).collect())
+        }
+        Op::Unary(u) => {
+            let f: fn(f64) -> f64 = match u {
+                Unary::Neg => |x| -x,
+                Unary::Exp => f64::exp,
+                Unary::Log => f64::ln,
+                Unary::Sqrt => f64::sqrt,
+                Unary::Rsqrt => |x| 1.0 / x.sqrt(),
+                Unary::Tanh => f64::tanh,
+                Unary::Erf => libm::erf,
+                Unary::Sigmoid => sigmoid,
+                Unary::Sin => f64::sin,
+                Unary::Cos => f64::cos,
+                Unary::Abs => f64::abs,
+                Unary::Relu => |x| x.max(0.0),
+                Unary::Gelu => gelu,
+                Unary::GeluTanh => gelu_tanh,
+                Unary::Silu => |x| x * sigmoid(x),
+                Unary::Not => |x| if x == 0.0 { 1.0 } else { 0.0 },
+            };
+            map(args[0], f)
+        }
+        Op::Binary(b) => {
+            let truth = |c: bool| if c { 1.0 } else { 0.0 };
+            match b {
+                Binary::Add => zip(args[0], args[1], |a, b| a + b),
+                Binary::Sub => zip(args[0], args[1], |a, b| a - b),
+                Binary::Mul => zip(args[0], args[1], |a, b| a * b),
+                // Integer tensors divide like integers (floor), as compile-time `/` does.
+                Binary::Div if matches!(dtype, DType::I32 | DType::I64) => zip(args[0], args[1], floor_div),
+                Binary::Div => zip(args[0], args[1], |a, b| a / b),
+                Binary::Rem => zip(args[0], args[1], |a, b| a - b * floor_div(a, b)),
+                Binary::Pow => zip(args[0], args[1], f64::powf),
+                Binary::Min => zip(args[0], args[1], f64::min),
+                Binary::Max => zip(args[0], args[1], f64::max),
+                Binary::Eq => zip(args[0], args[1], move |a, b| truth(a == b)),
+                Binary::Ne => zip(args[0], args[1], move |a, b| truth(a != b)),
+                Binary::Lt => zip(args[0], args[1], move |a, b| truth(a < b)),
+                Binary::Le => zip(args[0], args[1], move |a, b| truth(a <= b)),
+                Binary::Gt => zip(args[0], args[1], move |a, b| truth(a > b)),
+                Binary::Ge => zip(args[0], args[1], move |a, b| truth(a >= b)),
+                Binary::And => zip(args[0], args[1], move |a, b| truth(a != 0.0 && b != 0.0)),
+                Binary::Or => zip(args[0], args[1], move |a, b| truth(a != 0.0 || b != 0.0)),
+            }
+        }
+        Op::Where => {
+            let shape = broadcast_shape(&args[0].shape, &broadcast_shape(&args[1].shape, &args[2].shape));
+            let (c, a, b) =
+                (broadcast_to(args[0], &shape), broadcast_to(args[1], &shape), broadcast_to(args[2], &shape));
+            let data = (0..c.numel()).map(|i| if c.data[i] != 0.0 { a.data[i] } else { b.data[i] }).collect();
+            Tensor::new(shape, data)
+        }
+        Op::Softcap { cap } => map(args[0], |x| cap * (x / cap).tanh()),
+        Op::Cast { to } => match to {
+            DType::I32 | DType::I64 => map(args[0], f64::trunc),
+            DType::Bool => map(args[0], |x| if x != 0.0 { 1.0 } else { 0.0 }),
+            DType::F32 | DType::F16 | DType::BF16 => {
+                let mut t = args[0].clone();
+                round_to(&mut t, *to);
+                t
+            }
+        },
+        Op::Dropout { p } => {
+            if !options.training || *p == 0.0 {
+                args[0].clone()
+            } else {
+                let keep = 1.0 - p;
+                let mut t = args[0].clone();
+                t.data.iter_mut().for_each(|x| *x = if rng.uniform() < *p { 0.0 } else { *x / keep });
+                t
+            }
+        }
+        Op::Reduce { kind, axes, keepdim } => reduce(args[0], *kind, axes, *keepdim),
+        Op::Softmax { axis } => softmax(args[0], *axis, false),
+        Op::LogSoftmax { axis } => softmax(args[0], *axis, true),
+        Op::MatMul => matmul(args[0], args[1]),
+        Op::Attention { causal, window, softcap, scale, has_bias } => {
+            attention(args, *causal, *window, *softcap, *scale, *has_bias)
+        }
+        Op::Reshape { shape } => Tensor::new(shape.iter().map(dim).collect::<Result<_, _>>()?, args[0].data.clone()),
+        Op::Transpose { perm } => transpose(args[0], perm),
+        Op::Slice { axis, start, end } => {
+            let (s, e) = (dim(start)?, dim(end)?);
+            let x = args[0];
+            let (outer, len, inner) = around(&x.shape, *axis);
+            let mut data = Vec::with_capacity(outer * (e - s) * inner);
+            for o in 0..outer {
+                data.extend_from_slice(&x.data[o * len * inner + s * inner..o * len * inner + e * inner]);
+            }
+            let mut shape = x.shape.clone();
+            shape[*axis] = e - s;
+            Tensor::new(shape, data)
+        }
+        Op::Concat { axis } => {
+            let (outer, _, inner) = around(&args[0].shape, *axis);
+            let mut data = Vec::new();
+            for o in 0..outer {
+                for a in args {
+                    let len = a.shape[*axis];
+                    data.extend_from_slice(&a.data[o * len * inner..(o + 1) * len * inner]);
+                }
+            }
+            let mut shape = args[0].shape.clone();
+            shape[*axis] = args.iter().map(|a| a.shape[*axis]).sum();
+            Tensor::new(shape, data)
+        }
+        Op::Broadcast { shape } => broadcast_to(args[0], &shape.iter().map(dim).collect::<Result<Vec<_>, _>>()?),
+        Op::Pad { axis, before, after, value } => {
+            let x = args[0];
+            let (outer, len, inner) = around(&x.shape, *axis);
+            let (b, a) = (*before as usize, *after as usize);
+            let mut data = Vec::with_capacity(outer * (len + b + a) * inner);
+            for o in 0..outer {
+                data.extend(std::iter::repeat_n(*value, b * inner));
+                data.extend_from_slice(&x.data[o * len * inner..(o + 1) * len * inner]);
+                data.extend(std::iter::repeat_n(*value, a * inner));
+            }
+            let mut shape = x.shape.clone();
+            shape[*axis] = len + b + a;
+            Tensor::new(shape, data)
+        }
+        Op::Embedding => {
+            let (table, ids) = (args[0], args[1]);
+            let (v, d) = (table.shape[0], table.shape[1]);
+            let mut data = Vec::with_capacity(ids.numel() * d);
+            for &id in &ids.data {
+                let row = index(id, v, "embedding")?;
+                data.extend_from_slice(&table.data[row * d..(row + 1) * d]);
+            }
+            let mut shape = ids.shape.clone();
+            shape.push(d);
+            Tensor::new(shape, data)
+        }
+        Op::Gather { axis } => {
+            let (x, idx) = (args[0], args[1]);
+            let mut data = Vec::with_capacity(idx.numel());
+            for (i, &at) in idx.data.iter().enumerate() {
+                let mut pos = unravel(i, &idx.shape);
+                pos[*axis] = index(at, x.shape[*axis], "gather")?;
+                let pos: Vec<usize> = pos.iter().zip(&x.shape).map(|(p, s)| if *s == 1 { 0 } else { *p }).collect();
+                data.push(x.data[ravel(&pos, &x.shape)]);
+            }
+            Tensor::new(idx.shape.clone(), data)
+        }
+        Op::ScatterAdd { axis } => {
+            let (x, idx, src) = (args[0], args[1], args[2]);
+            let mut out = x.clone();
+            for (i, &at) in idx.data.iter().enumerate() {
+                let mut pos = unravel(i, &idx.shape);
+                pos[*axis] = index(at, x.shape[*axis], "scatter_add")?;
+                out.data[ravel(&pos, &x.shape)] += src.data[i];
+            }
+            out
+        }
+        Op::TopK { k, indices } => {
+            let x = args[0];
+            let n = *x.shape.last().unwrap_or(&1);
+            let k = *k as usize;
+            let mut data = Vec::with_capacity(x.numel() / n.max(1) * k);
+            for row in x.data.chunks(n.max(1)) {
+                let mut order: Vec<usize> = (0..n).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+                data.extend(order[..k].iter().map(|&i| if *indices { i as f64 } else { row[i] }));
+            }
+            let mut shape = x.shape.clone();
+            if let Some(last) = shape.last_mut() {
+                *last = k;
+            }
+            Tensor::new(shape, data)
+        }
+        Op::OneHot { n } => {
+            let n = *n as usize;
+            let mut data = vec![0.0; args[0].numel() * n];
+            for (i, &id) in args[0].data.iter().enumerate() {
+                data[i * n + index(id, n, "one_hot")?] = 1.0;
+            }
+            let mut shape = args[0].shape.clone();
+            shape.push(n);
+            Tensor::new(shape, data)
+        }
+        Op::Cumsum { axis } => {
+            let (outer, len, inner) = around(&args[0].shape, *axis);
+            let mut t = args[0].clone();
+            for o in 0..outer {
+                for i in 0..inner {
+                    for k in 1..len {
+                        let at = o * len * inner + k * inner + i;
+                        t.data[at] += t.data[at - inner];
+                    }
+                }
+            }
+            t
+        }
+        Op::CrossEntropy { ignore } => {
+            let (logits, targets) = (args[0], args[1]);
+            let v = *logits.shape.last().unwrap_or(&1);
+            let (mut total, mut count) = (0.0, 0usize);
+            for (row, &t) in logits.data.chunks(v).zip(&targets.data) {
+                if t == *ignore as f64 {
+                    continue;
+                }
+                let t = index(t, v, "cross_entropy target")?;
+                total += log_sum_exp(row.iter().copied()) - row[t];
+                count += 1;
+            }
+            Tensor::scalar(if count == 0 { 0.0 } else { total / count as f64 })
+        }
+        Op::Lstm { reverse } => lstm(args, *reverse),
+        Op::MoeRoute { k, capacity, noise } => {
+            moe_route(args[0], *k as usize, dim(capacity)?, *noise, rng, options.training)
+        }
+        Op::MoeDispatch => {
+            let (route, x) = (args[0], args[1]);
+            let (n, e, c, d) = (route.shape[0], route.shape[1], route.shape[2], x.shape[1]);
+            let mut out = Tensor::zeros(vec![e, c, d]);
+            for t in 0..n {
+                for slot in 0..e * c {
+                    if route.data[t * e * c + slot] != 0.0 {
+                        out.data[slot * d..(slot + 1) * d].copy_from_slice(&x.data[t * d..(t + 1) * d]);
+                    }
+                }
+            }
+            out
+        }
+        Op::MoeCombine => {
+            let (route, y) = (args[0], args[1]);
+            let (n, e, c, d) = (route.shape[0], route.shape[1], route.shape[2], y.shape[2]);
+            let mut out = Tensor::zeros(vec![n, d]);
+            for t in 0..n {
+                for slot in 0..e * c {
+                    let w = route.data[t * e * c + slot];
+                    if w != 0.0 {
+                        for j in 0..d {
+                            out.data[t * d + j] += w * y.data[slot * d + j];
+                        }
+                    }
+                }
+            }
+            out
+        }
+        Op::MoeBalance { k } => {
+            // E · Σ f_i P_i: f_i the share of the top-k choices that went to expert i
+            // (before capacity), P_i the mean router probability of i.
+            let logits = args[0];
+            let (n, e) = (logits.shape[0], logits.shape[1]);
+            let probs = softmax(logits, 1, false);
+            let mut f = vec![0.0; e];
+            let mut p = vec![0.0; e];
+            for t in 0..n {
+                let row = &probs.data[t * e..(t + 1) * e];
+                let mut order: Vec<usize> = (0..e).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+                for &x in &order[..*k as usize] {
+                    f[x] += 1.0 / (n as f64 * *k as f64);
+                }
+                for x in 0..e {
+                    p[x] += row[x] / n as f64;
+                }
+            }
+            Tensor::scalar(e as f64 * f.iter().zip(&p).map(|(a, b)| a * b).sum::<f64>())
+        }
+        Op::MoeZLoss => {
+            let logits = args[0];
+            let e = logits.shape[1];
+            let n = logits.shape[0].max(1);
+            Tensor::scalar(
+                logits.data.chunks(e).map(|row| log_sum_exp(row.iter().copied()).powi(2)).sum::<f64>() / n as f64,
+            )
+        }
+        Op::MoeLoad { k } => {
+            let route = args[0];
+            let (n, e, c) = (route.shape[0], route.shape[1], route.shape[2]);
+            let mut load = vec![0.0; e];
+            for t in 0..n {
+                for (x, l) in load.iter_mut().enumerate() {
+                    let kept = (0..c).filter(|&s| route.data[(t * e + x) * c + s] != 0.0).count();
+                    *l += kept as f64 / (n as f64 * *k as f64).max(1.0);
+                }
+            }
+            Tensor::new(vec![e], load)
+        }
+        Op::MoeOverflow { k } => {
+            let route = args[1];
+            let n = route.shape[0];
+            let kept = route.data.iter().filter(|&&w| w != 0.0).count();
+            Tensor::scalar(1.0 - kept as f64 / (n as f64 * *k as f64).max(1.0))
+        }
+    })
+}
+
+/// `softmax(mask(q kᵀ · scale), softcapped, + bias) v`, with K/V heads shared by groups
+/// of query heads (GQA). Causal and window masks align the last query with the last key
+/// (so they also hold when keys include a cache). A row with every key masked gives 0.
+fn attention(
+    args: &[&Tensor],
+    causal: bool,
+    window: Option<i64>,
+    softcap: Option<f64>,
+    scale: f64,
+    has_bias: bool,
+) -> Tensor {
+    let (q, k, v) = (args[0], args[1], args[2]);
+    let (b, h, t, hd) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
+    let (hkv, s, dv) = (k.shape[1], k.shape[2], v.shape[3]);
+    let group = h / hkv.max(1);
+    let bias = has_bias.then(|| broadcast_to(args[3], &[b, h, t, s]));
+    let mut out = Tensor::zeros(vec![b, h, t, dv]);
+    let mut logits = vec![0.0; s];
+    for bi in 0..b {
+        for hi in 0..h {
+            let kh = hi / group.max(1);
+            for ti in 0..t {
+                let qrow = &q.data[((bi * h + hi) * t + ti) * hd..][..hd];
+                let last = ti + s - t.min(s);
+                for (si, l) in logits.iter_mut().enumerate() {
+                    let krow = &k.data[((bi * hkv + kh) * s + si) * hd..][..hd];
+                    let mut x = qrow.iter().zip(krow).map(|(a, c)| a * c).sum::<f64>() * scale;
+                    if let Some(cap) = softcap {
+                        x = cap * (x / cap).tanh();
+                    }
+                    if let Some(bias) = &bias {
+                        x += bias.data[((bi * h + hi) * t + ti) * s + si];
+                    }
+                    let masked = (causal && si > last) || window.is_some_and(|w| si as i64 <= last as i64 - w);
+                    *l = if masked { f64::NEG_INFINITY } else { x };
+                }
+                let lse = log_sum_exp(logits.iter().copied());
+                if lse == f64::NEG_INFINITY {
+                    continue;
+                }
+                let orow = ((bi * h + hi) * t + ti) * dv;
+                for (si, l) in logits.iter().enumerate() {
+                    let w = (l - lse).exp();
+                    if w == 0.0 {
+                        continue;
+                    }
+                    let vrow = &v.data[((bi * hkv + kh) * s + si) * dv..][..dv];
+                    for (o, vv) in out.data[orow..orow + dv].iter_mut().zip(vrow) {
+                        *o += w * vv;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One LSTM direction: gates `i, f, g, o` from `x w_ih + h w_hh + bias`, zero initial state.
+fn lstm(args: &[&Tensor], reverse: bool) -> Tensor {
+    let (x, w_ih, w_hh, bias) = (args[0], args[1], args[2], args[3]);
+    let (b, t, d) = (x.shape[0], x.shape[1], x.shape[2]);
+    let hsz = w_hh.shape[0];
+    let mut out = Tensor::zeros(vec![b, t, hsz]);
+    for bi in 0..b {
+        let (mut h, mut c) = (vec![0.0; hsz], vec![0.0; hsz]);
+        let steps: Vec<usize> = if reverse { (0..t).rev().collect() } else { (0..t).collect() };
+        for ti in steps {
+            let xrow = &x.data[(bi * t + ti) * d..][..d];
+            let mut gates = bias.data.clone();
+            for (gi, g) in gates.iter_mut().enumerate() {
+                *g += xrow.iter().enumerate().map(|(j, xv)| xv * w_ih.data[j * 4 * hsz + gi]).sum::<f64>();
+                *g += h.iter().enumerate().map(|(j, hv)| hv * w_hh.data[j * 4 * hsz + gi]).sum::<f64>();
+            }
+            for j in 0..hsz {
+                let (i, f, g, o) = (
+                    sigmoid(gates[j]),
+                    sigmoid(gates[hsz + j]),
+                    gates[2 * hsz + j].tanh(),
+                    sigmoid(gates[3 * hsz + j]),
+                );
+                c[j] = f * c[j] + i * g;
+                h[j] = o * c[j].tanh();
+            }
+            out.data[(bi * t + ti) * hsz..][..hsz].copy_from_slice(&h);
+        }
+    }
+    out
+}

@@ -1,0 +1,216 @@
+//! The reference interpreter against independent oracles: hand-computed values and naive
+//! re-implementations written here, the f64 oracle against rounded-to-dtype runs on every
+//! example, and the loss of an untrained model against ln(vocab).
+
+mod common;
+
+use common::*;
+use modelc_compiler::graph::op::Op;
+use modelc_compiler::graph::Graph;
+use modelc_compiler::interp::tensor::Tensor;
+use modelc_compiler::interp::{run, Options, Precision};
+use modelc_compiler::{elab::forward::elaborate, instantiate, load, Target};
+use modelc_grammar::SourceFile;
+use std::collections::HashMap;
+
+/// Compiles `source` (as if it were the file `path`) to its Graph IR.
+fn compile(path: &str, source: &str, recipe: Option<&str>) -> Graph {
+    let file = SourceFile::new(path, source);
+    let mut program = load(file, &root().join(path)).unwrap_or_else(|e| panic!("{}", e.error.diag.message));
+    let target = Target { recipe: recipe.map(str::to_string), ..Target::default() };
+    let instance = instantiate(&mut program, &target).unwrap_or_else(|e| panic!("{}", e.diag.message));
+    elaborate(&program, &instance).unwrap_or_else(|e| panic!("{}", e.diag.message))
+}
+
+/// A deterministic pseudo-random stream (not the interpreter's), for inputs and weights.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+}
+
+/// Every parameter filled with small values (`std`), by name order.
+fn params(graph: &Graph, std: f64, seed: u64) -> HashMap<String, Tensor> {
+    let mut rng = Lcg(seed);
+    let mut out = HashMap::new();
+    for n in &graph.nodes {
+        if let Op::Param { name } = &n.op {
+            let shape: Vec<usize> = n.ty.shape.iter().map(|d| d.as_constant().expect("constant") as usize).collect();
+            let len = shape.iter().product();
+            out.insert(name.clone(), Tensor::new(shape, (0..len).map(|_| std * rng.next()).collect()));
+        }
+    }
+    out
+}
+
+/// Inputs for symbols `B = 2` and every other symbol `= 6`; integer inputs are small ids.
+fn inputs(graph: &Graph, seed: u64) -> HashMap<String, Tensor> {
+    let mut rng = Lcg(seed);
+    let mut out = HashMap::new();
+    for n in &graph.nodes {
+        if let Op::Input { name } = &n.op {
+            let shape: Vec<usize> =
+                n.ty.shape
+                    .iter()
+                    .map(|d| graph.eval_dim(d, &|s: &str| Some(if s == "B" { 2 } else { 6 })).expect("bound") as usize)
+                    .collect();
+            let len = shape.iter().product();
+            let data = (0..len)
+                .map(|_| if n.ty.dtype.is_float() { rng.next() } else { ((rng.next() + 1.0) * 2.0).floor() })
+                .collect();
+            out.insert(name.clone(), Tensor::new(shape, data));
+        }
+    }
+    out
+}
+
+fn run_all(
+    graph: &Graph,
+    inputs: &HashMap<String, Tensor>,
+    params: &HashMap<String, Tensor>,
+    precision: Precision,
+) -> Vec<Tensor> {
+    let options = Options { precision, ..Options::default() };
+    let values = run(graph, inputs, params, &options).unwrap_or_else(|e| panic!("{e}"));
+    graph.outputs.iter().map(|o| values[o.0 as usize].clone()).collect()
+}
+
+#[test]
+fn rms_norm_matches_the_formula() {
+    let graph = compile(
+        "t.model",
+        "use std.nn.RMSNorm\n\nmodel M() {\n  norm = RMSNorm(4, eps: 1e-6)\n\n  forward(x: [B, 4]) -> [B, 4] {\n    return norm(x)\n  }\n}\n",
+        None,
+    );
+    let x = Tensor::new(vec![1, 4], vec![1.0, 2.0, 3.0, 4.0]);
+    let w = Tensor::new(vec![4], vec![1.0, 0.5, 2.0, -1.0]);
+    let out =
+        run_all(&graph, &HashMap::from([("x".into(), x)]), &HashMap::from([("norm.weight".into(), w)]), Precision::F64);
+    let rms = ((1.0 + 4.0 + 9.0 + 16.0) / 4.0 + 1e-6_f64).sqrt();
+    let want = [1.0 / rms, 2.0 * 0.5 / rms, 3.0 * 2.0 / rms, -4.0 / rms];
+    for (a, b) in out[0].data.iter().zip(want) {
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    }
+}
+
+/// A naive attention written from the definition, for comparison.
+#[allow(clippy::too_many_arguments)]
+fn naive_attention(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    h: usize,
+    hkv: usize,
+    t: usize,
+    hd: usize,
+    window: Option<usize>,
+) -> Vec<f64> {
+    let mut out = vec![0.0; h * t * hd];
+    for hi in 0..h {
+        let kh = hi * hkv / h;
+        for i in 0..t {
+            let allowed: Vec<usize> = (0..=i).filter(|&j| window.is_none_or(|w| i - j < w)).collect();
+            let scores: Vec<f64> = allowed
+                .iter()
+                .map(|&j| {
+                    (0..hd).map(|c| q[(hi * t + i) * hd + c] * k[(kh * t + j) * hd + c]).sum::<f64>()
+                        / (hd as f64).sqrt()
+                })
+                .collect();
+            let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+            for (&j, s) in allowed.iter().zip(&scores) {
+                for c in 0..hd {
+                    out[(hi * t + i) * hd + c] += (s - m).exp() / z * v[(kh * t + j) * hd + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn causal_grouped_query_attention_with_a_window_matches_a_naive_one() {
+    let graph = compile(
+        "t.model",
+        "model M() {\n  forward(q: [1, 4, 5, 3], k: [1, 2, 5, 3], v: [1, 2, 5, 3]) -> [1, 4, 5, 3] {\n    return attention(q, k, v, causal: true, window: 3)\n  }\n}\n",
+        None,
+    );
+    let mut rng = Lcg(7);
+    let mut tensor = |shape: Vec<usize>| {
+        let n = shape.iter().product();
+        Tensor::new(shape, (0..n).map(|_| rng.next()).collect())
+    };
+    let (q, k, v) = (tensor(vec![1, 4, 5, 3]), tensor(vec![1, 2, 5, 3]), tensor(vec![1, 2, 5, 3]));
+    let want = naive_attention(&q.data, &k.data, &v.data, 4, 2, 5, 3, Some(3));
+    let ins = HashMap::from([("q".into(), q), ("k".into(), k), ("v".into(), v)]);
+    let out = run_all(&graph, &ins, &HashMap::new(), Precision::F64);
+    for (a, b) in out[0].data.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn moe_routing_follows_gshard_priority_and_drops_past_capacity() {
+    // 4 tokens, 2 experts, top-1, capacity factor 0.5: C = ceil(0.5 * 1 * 4 / 2) = 1 slot.
+    let graph = compile(
+        "t.model",
+        "model M() {\n  forward(logits: [4, 2], x: [4, 3]) -> [4, 3] {\n    route = moe_route(logits, k: 1, capacity: 0.5)\n    return moe_combine(route, moe_dispatch(route, x))\n  }\n}\n",
+        None,
+    );
+    // Tokens 0 and 2 prefer expert 0, tokens 1 and 3 expert 1: only the first of each
+    // pair gets the one slot; the others come back as zero (the residual carries them).
+    let logits = Tensor::new(vec![4, 2], vec![2.0, 0.0, 0.0, 2.0, 3.0, 0.0, 0.0, 3.0]);
+    let x = Tensor::new(vec![4, 3], (0..12).map(|i| i as f64 + 1.0).collect());
+    let out = run_all(
+        &graph,
+        &HashMap::from([("logits".into(), logits), ("x".into(), x.clone())]),
+        &HashMap::new(),
+        Precision::F64,
+    );
+    // Top-1 renormalised weight is 1, so kept tokens come back unchanged.
+    assert_eq!(&out[0].data[0..3], &x.data[0..3]);
+    assert_eq!(&out[0].data[3..6], &x.data[3..6]);
+    assert_eq!(&out[0].data[6..12], &[0.0; 6]);
+}
+
+#[test]
+fn an_untrained_llama_predicts_uniformly() {
+    let path = "examples/llama.model";
+    let source = std::fs::read_to_string(root().join(path)).expect("example");
+    let graph = compile(path, &source, Some("tiny"));
+    let ins = inputs(&graph, 1);
+    let logits = &run_all(&graph, &ins, &params(&graph, 0.02, 2), Precision::F64)[0];
+    assert_eq!(logits.shape, vec![2, 6, 256]);
+    // Cross-entropy of near-zero logits is close to ln(256).
+    let mut loss = 0.0;
+    for row in logits.data.chunks(256) {
+        let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        loss += lse - row[3];
+    }
+    let loss = loss / 12.0;
+    assert!((loss - 256f64.ln()).abs() < 0.05, "loss {loss}");
+}
+
+/// Every example's `tiny` graph runs, and rounding every value to f32 stays within
+/// 1e-4 (relative to the output's scale) of the f64 oracle.
+#[test]
+fn f32_runs_agree_with_the_f64_oracle_on_every_example() {
+    for path in model_files("examples") {
+        let source = std::fs::read_to_string(root().join(&path)).expect("example");
+        let graph = compile(&path, &source, Some("tiny"));
+        let (ins, ps) = (inputs(&graph, 3), params(&graph, 0.05, 4));
+        let oracle = run_all(&graph, &ins, &ps, Precision::F64);
+        let native = run_all(&graph, &ins, &ps, Precision::Native);
+        for (a, b) in oracle.iter().zip(&native) {
+            assert!(a.data.iter().all(|x| x.is_finite()), "{path}: non-finite output");
+            let scale = a.data.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-6);
+            let err = a.data.iter().zip(&b.data).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+            assert!(err / scale < 1e-4, "{path}: f32 differs from f64 by {err} (scale {scale})");
+        }
+    }
+}
