@@ -185,6 +185,119 @@ pub enum Stage {
     Mlir,
 }
 
+/// Parameters the reference interpreter will hold (in f64): beyond this it would take
+/// minutes and gigabytes, which is the compiled backends' job.
+const INTERPRETER_PARAM_LIMIT: u64 = 50_000_000;
+
+/// `modelc run`: one forward pass of a recipe's model, with freshly initialised
+/// parameters, on a batch of the built-in corpus; prints the loss.
+pub fn run(path: &Path, target: &Target, seed: Option<u64>, report: &Reporter) -> i32 {
+    use modelc_compiler::elab::value::Value;
+    use modelc_compiler::interp::{self, tensor::Tensor};
+    use modelc_runtime::init::{init, Init};
+    let Some(mut program) = load_program(path, report) else {
+        return EXIT_INPUT;
+    };
+    let built = modelc_compiler::instantiate(&mut program, target).and_then(|instance| {
+        let graph = modelc_compiler::elab::forward::elaborate(&program, &instance)?;
+        let w = modelc_compiler::workload(&program, target, None, None)?;
+        Ok((instance, graph, w))
+    });
+    let (instance, graph, w) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            report_compile_error(&e, &program, report);
+            return EXIT_INPUT;
+        }
+    };
+    let total = instance.param_count();
+    if total > INTERPRETER_PARAM_LIMIT {
+        report.plain_error(&format!(
+            "`{}` has {} parameters, too many for the reference interpreter (at most {}); run a small recipe (`--recipe tiny`) or `--set` a smaller configuration",
+            instance.block_name,
+            inspect::thousands(total),
+            inspect::thousands(INTERPRETER_PARAM_LIMIT)
+        ));
+        return EXIT_UNSUPPORTED;
+    }
+    let objective = w.objective.as_deref().unwrap_or("causal_lm");
+    let graph = match modelc_compiler::objective::Objective::parse(objective)
+        .and_then(|o| modelc_compiler::objective::apply(graph, o))
+    {
+        Ok(g) => g,
+        Err(why) => {
+            report.plain_error(&why);
+            return EXIT_UNSUPPORTED;
+        }
+    };
+    let seed = seed.unwrap_or(w.seed);
+    // Parameters from their declared initialisers, each seeded by its name.
+    let num = |v: &Value| match v {
+        Value::Int(i) => *i as f64,
+        Value::Float(x) => *x,
+        _ => 0.0,
+    };
+    let mut params = std::collections::HashMap::new();
+    instance.for_each_weight("", &[], &mut |name, shape, weight| {
+        let args: Vec<f64> = match &weight.init {
+            Value::Call { args, .. } => args.iter().map(|(_, v)| num(v)).collect(),
+            _ => Vec::new(),
+        };
+        let name_of = match &weight.init {
+            Value::Call { name, .. } | Value::Symbol(name) => name.as_str(),
+            _ => "normal",
+        };
+        let arg = |i: usize| args.get(i).copied().unwrap_or(0.0);
+        let spec = match name_of {
+            "zeros" => Init::Zeros,
+            "ones" => Init::Ones,
+            "constant" => Init::Constant(arg(0)),
+            "uniform" => Init::Uniform { low: arg(0), high: arg(1) },
+            "xavier" => Init::Xavier,
+            "kaiming" => Init::Kaiming,
+            "scaled_normal" => Init::ScaledNormal { std: arg(0), layers: arg(1) },
+            _ => Init::Normal { std: if args.is_empty() { 0.02 } else { arg(0) } },
+        };
+        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        let data = init(&spec, name, &shape, seed);
+        params.insert(name.to_string(), Tensor::new(shape, data));
+    });
+    // One batch of `seq + 1` tokens: inputs are the first `seq`, targets the last.
+    let (b, t) = (w.batch.max(1) as usize, w.seq.max(1) as usize);
+    let corpus = modelc_runtime::data::Corpus::builtin();
+    let windows = corpus.batch(b, t + 1, seed, 0);
+    let take = |range: std::ops::Range<usize>| -> Tensor {
+        Tensor::new(vec![b, t], windows.iter().flat_map(|w| w[range.clone()].iter().map(|&x| x as f64)).collect())
+    };
+    let token_input = graph.nodes.iter().find_map(|n| match &n.op {
+        modelc_compiler::graph::op::Op::Input { name } if name != "targets" && !n.ty.dtype.is_float() => {
+            Some(name.clone())
+        }
+        _ => None,
+    });
+    let Some(token_input) = token_input else {
+        report.plain_error("the model takes no token ids");
+        return EXIT_UNSUPPORTED;
+    };
+    let inputs = std::collections::HashMap::from([(token_input, take(0..t)), ("targets".to_string(), take(1..t + 1))]);
+    let options = interp::Options { precision: interp::Precision::Native, training: false, seed };
+    match interp::run(&graph, &inputs, &params, &options) {
+        Ok(values) => {
+            let loss = values[graph.outputs[0].0 as usize].data[0];
+            println!(
+                "loss {loss:.4} ({objective}, {b} x {t} tokens of the built-in corpus, {} with {} parameters, seed {seed})",
+                instance.block_name,
+                inspect::thousands(total)
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            report.plain_error(&format!("running the model: {e}"));
+            EXIT_INPUT
+        }
+    }
+}
+
 /// `modelc emit`: print one stage's text form.
 pub fn emit(path: &Path, stage: Stage, target: &Target, report: &Reporter) -> i32 {
     match stage {

@@ -91,11 +91,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run one forward pass (not implemented yet).
+    /// One forward pass of a recipe's model on a batch of the built-in corpus: the loss.
     Run {
         file: PathBuf,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        rest: Vec<String>,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Seed for the parameters and the batch (default: the recipe's).
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Train a recipe (not implemented yet).
     Train {
@@ -138,7 +141,7 @@ fn main() {
         Command::Inspect { file, target, batch, seq, json } => {
             commands::inspect(&file, &target.target(), (batch, seq), json, &report)
         }
-        Command::Run { .. } => commands::not_implemented("`modelc run`", &report),
+        Command::Run { file, target, seed } => commands::run(&file, &target.target(), seed, &report),
         Command::Train { .. } => commands::not_implemented("`modelc train`", &report),
         Command::Generate { .. } => commands::not_implemented("`modelc generate`", &report),
     });

@@ -95,12 +95,7 @@ fn emit_ast_prints_a_located_tree() {
 #[test]
 fn unbuilt_subcommands_say_so_and_exit_2() {
     let file = "tests/parse/ok/syntax_tour.model";
-    for args in [
-        vec!["run", file],
-        vec!["train", file, "--steps", "3"],
-        vec!["generate", file],
-        vec!["emit", file, "--stage", "grad"],
-    ] {
+    for args in [vec!["train", file, "--steps", "3"], vec!["generate", file], vec!["emit", file, "--stage", "grad"]] {
         let out = modelc(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(stderr(&out).contains("not implemented yet"), "{args:?}: {}", stderr(&out));
@@ -173,4 +168,24 @@ fn binary_garbage_is_rejected_without_panicking() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not valid UTF-8"));
     assert!(Path::new(&path).exists());
+}
+
+#[test]
+fn run_gives_the_loss_of_an_untrained_model_reproducibly() {
+    let out = modelc(&["run", "examples/llama.model", "--recipe", "tiny"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let loss: f64 = text.split_whitespace().nth(1).and_then(|l| l.parse().ok()).expect("`loss X` first");
+    // Small initial weights predict every byte about equally: ln(256).
+    assert!((loss - 256f64.ln()).abs() < 0.1, "{text}");
+    assert_eq!(String::from_utf8_lossy(&modelc(&["run", "examples/llama.model", "--recipe", "tiny"]).stdout), text);
+    let other = modelc(&["run", "examples/llama.model", "--recipe", "tiny", "--seed", "7"]);
+    assert_ne!(String::from_utf8_lossy(&other.stdout), text, "the seed changes parameters and data");
+    // What the reference interpreter cannot or does not do yet, it says.
+    let big = modelc(&["run", "examples/llama.model"]);
+    assert_eq!(big.status.code(), Some(2));
+    assert!(stderr(&big).contains("too many for the reference interpreter"), "{}", stderr(&big));
+    let mlm = modelc(&["run", "examples/bert.model", "--recipe", "tiny"]);
+    assert_eq!(mlm.status.code(), Some(2));
+    assert!(stderr(&mlm).contains("`mlm` objective is not implemented yet"), "{}", stderr(&mlm));
 }

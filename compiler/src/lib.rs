@@ -12,6 +12,7 @@ pub mod graph;
 pub mod inspect;
 pub mod interp;
 pub mod modules;
+pub mod objective;
 pub mod stdlib;
 
 pub use error::{Error, FileId};
@@ -281,6 +282,10 @@ pub struct Workload {
     pub momentum: bool,
     /// `f32`, or the compute dtype of `mixed(compute: ..)`.
     pub precision: String,
+    /// The recipe's `seed` (0 without one).
+    pub seed: u64,
+    /// The recipe's `objective` word (`causal_lm`, `mlm`, ...), if it has one.
+    pub objective: Option<String>,
 }
 
 pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Option<i64>) -> Result<Workload, Error> {
@@ -291,6 +296,8 @@ pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Opt
         optimizer: "adamw".into(),
         momentum: false,
         precision: "f32".into(),
+        seed: 0,
+        objective: None,
     };
     if let Some(name) = &target.recipe {
         let recipe = program.modules[0].ast.items.iter().find_map(|it| match &it.kind {
@@ -321,6 +328,8 @@ pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Opt
                     w.precision = arg(&args, "compute").map_or("bf16".into(), |v| v.to_string());
                 }
                 ("precision", Value::Symbol(p)) => w.precision = p,
+                ("seed", Value::Int(s)) => w.seed = s as u64,
+                ("objective", Value::Symbol(o) | Value::Call { name: o, .. }) => w.objective = Some(o),
                 _ => {}
             }
         }

@@ -1,4 +1,10 @@
 //! Buffers, executor, optimizers, schedules, data loading and checkpoints.
 //!
-//! Not built yet. Architecture invariant: the runtime sees compiled kernels and buffers,
-//! never the AST or the Graph IR, so it depends on no other modelc crate.
+//! Built so far: seeded parameter initialisation (`init`) and the built-in corpus with
+//! the byte tokenizer (`data`). Architecture invariant: the runtime sees names, shapes,
+//! buffers and (later) compiled kernels, never the AST or the Graph IR, so it depends on
+//! no other modelc crate.
+
+pub mod data;
+pub mod init;
+pub mod rng;

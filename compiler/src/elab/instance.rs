@@ -91,24 +91,29 @@ impl Instance {
     /// Every parameter's checkpoint name and shape: `blocks.3.attn.wq.weight`, with a
     /// `stack`'s leading copy dim. Visits `repeat` copies one by one.
     pub fn for_each_param(&self, prefix: &str, lead: &[i64], f: &mut dyn FnMut(&str, &[i64])) {
+        self.for_each_weight(prefix, lead, &mut |name, shape, _| f(name, shape));
+    }
+
+    /// `for_each_param` with each parameter's declaration (its initialiser).
+    pub fn for_each_weight(&self, prefix: &str, lead: &[i64], f: &mut dyn FnMut(&str, &[i64], &Weight)) {
         for m in &self.members {
             match m {
                 Member::Weight(w) => {
                     let shape: Vec<i64> = lead.iter().chain(&w.shape).copied().collect();
-                    f(&join(prefix, &w.name), &shape);
+                    f(&join(prefix, &w.name), &shape, w);
                 }
                 Member::Buffer { .. } => {}
                 Member::Sub(s) => match s.copies {
                     Some((CopiesKind::Repeat, n)) => {
                         for i in 0..n {
-                            s.instance.for_each_param(&join(&join(prefix, &s.name), &i.to_string()), lead, f);
+                            s.instance.for_each_weight(&join(&join(prefix, &s.name), &i.to_string()), lead, f);
                         }
                     }
                     Some((CopiesKind::Stack, n)) => {
                         let lead: Vec<i64> = lead.iter().copied().chain([n]).collect();
-                        s.instance.for_each_param(&join(prefix, &s.name), &lead, f);
+                        s.instance.for_each_weight(&join(prefix, &s.name), &lead, f);
                     }
-                    None => s.instance.for_each_param(&join(prefix, &s.name), lead, f),
+                    None => s.instance.for_each_weight(&join(prefix, &s.name), lead, f),
                 },
             }
         }
