@@ -308,20 +308,39 @@ pub fn emit(path: &Path, stage: Stage, target: &Target, report: &Reporter) -> i3
             print!("{}", dump::dump(&parsed.ast, Some(&file)));
             EXIT_OK
         }
-        Stage::Ir => {
+        Stage::Ir | Stage::Grad => {
             let Some(mut program) = load_program(path, report) else {
                 return EXIT_INPUT;
             };
-            let graph = modelc_compiler::instantiate(&mut program, target)
-                .and_then(|instance| modelc_compiler::elab::forward::elaborate(&program, &instance));
-            match graph {
-                Ok(graph) => {
-                    print!("{graph}");
-                    EXIT_OK
-                }
+            let built = modelc_compiler::instantiate(&mut program, target).and_then(|instance| {
+                let graph = modelc_compiler::elab::forward::elaborate(&program, &instance)?;
+                let w = modelc_compiler::workload(&program, target, None, None)?;
+                Ok((graph, w))
+            });
+            let (graph, w) = match built {
+                Ok(b) => b,
                 Err(e) => {
                     report_compile_error(&e, &program, report);
-                    EXIT_INPUT
+                    return EXIT_INPUT;
+                }
+            };
+            if stage == Stage::Ir {
+                print!("{graph}");
+                return EXIT_OK;
+            }
+            // The training graph: objective, then the backward pass.
+            let objective = w.objective.as_deref().unwrap_or("causal_lm");
+            let grad = modelc_compiler::objective::Objective::parse(objective)
+                .and_then(|o| modelc_compiler::objective::apply(graph, o))
+                .and_then(modelc_compiler::autodiff::differentiate);
+            match grad {
+                Ok(g) => {
+                    print!("{g}");
+                    EXIT_OK
+                }
+                Err(why) => {
+                    report.plain_error(&why);
+                    EXIT_UNSUPPORTED
                 }
             }
         }

@@ -5,67 +5,10 @@
 mod common;
 
 use common::*;
-use modelc_compiler::graph::op::Op;
 use modelc_compiler::graph::Graph;
 use modelc_compiler::interp::tensor::Tensor;
 use modelc_compiler::interp::{run, Options, Precision};
-use modelc_compiler::{elab::forward::elaborate, instantiate, load, Target};
-use modelc_grammar::SourceFile;
 use std::collections::HashMap;
-
-/// Compiles `source` (as if it were the file `path`) to its Graph IR.
-fn compile(path: &str, source: &str, recipe: Option<&str>) -> Graph {
-    let file = SourceFile::new(path, source);
-    let mut program = load(file, &root().join(path)).unwrap_or_else(|e| panic!("{}", e.error.diag.message));
-    let target = Target { recipe: recipe.map(str::to_string), ..Target::default() };
-    let instance = instantiate(&mut program, &target).unwrap_or_else(|e| panic!("{}", e.diag.message));
-    elaborate(&program, &instance).unwrap_or_else(|e| panic!("{}", e.diag.message))
-}
-
-/// A deterministic pseudo-random stream (not the interpreter's), for inputs and weights.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-    }
-}
-
-/// Every parameter filled with small values (`std`), by name order.
-fn params(graph: &Graph, std: f64, seed: u64) -> HashMap<String, Tensor> {
-    let mut rng = Lcg(seed);
-    let mut out = HashMap::new();
-    for n in &graph.nodes {
-        if let Op::Param { name } = &n.op {
-            let shape: Vec<usize> = n.ty.shape.iter().map(|d| d.as_constant().expect("constant") as usize).collect();
-            let len = shape.iter().product();
-            out.insert(name.clone(), Tensor::new(shape, (0..len).map(|_| std * rng.next()).collect()));
-        }
-    }
-    out
-}
-
-/// Inputs for symbols `B = 2` and every other symbol `= 6`; integer inputs are small ids.
-fn inputs(graph: &Graph, seed: u64) -> HashMap<String, Tensor> {
-    let mut rng = Lcg(seed);
-    let mut out = HashMap::new();
-    for n in &graph.nodes {
-        if let Op::Input { name } = &n.op {
-            let shape: Vec<usize> =
-                n.ty.shape
-                    .iter()
-                    .map(|d| graph.eval_dim(d, &|s: &str| Some(if s == "B" { 2 } else { 6 })).expect("bound") as usize)
-                    .collect();
-            let len = shape.iter().product();
-            let data = (0..len)
-                .map(|_| if n.ty.dtype.is_float() { rng.next() } else { ((rng.next() + 1.0) * 2.0).floor() })
-                .collect();
-            out.insert(name.clone(), Tensor::new(shape, data));
-        }
-    }
-    out
-}
 
 fn run_all(
     graph: &Graph,

@@ -6,6 +6,7 @@
 //! Architecture invariant: `compiler` depends on `grammar` for the AST and diagnostics
 //! only; nothing in `grammar` knows about this crate.
 
+pub mod autodiff;
 pub mod elab;
 pub mod error;
 pub mod graph;

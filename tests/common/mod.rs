@@ -1,7 +1,12 @@
 //! What the integration tests share: finding fixtures and running the front end on them.
 #![allow(dead_code)]
 
+use modelc_compiler::graph::op::Op;
+use modelc_compiler::graph::Graph;
+use modelc_compiler::interp::tensor::Tensor;
+use modelc_compiler::{elab::forward::elaborate, instantiate, load as load_program, Target};
 use modelc_grammar::{dump, format, parse, Diagnostic, Parsed, SourceFile};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The repository root (tests run with the package root as working directory).
@@ -76,4 +81,58 @@ pub fn check_format_round_trip(file: &SourceFile) -> String {
 
 pub fn exists(path: &str) -> bool {
     Path::new(&root().join(path)).exists()
+}
+
+/// Compiles `source` (as if it were the file `path`) to its Graph IR.
+pub fn compile(path: &str, source: &str, recipe: Option<&str>) -> Graph {
+    let file = SourceFile::new(path, source);
+    let mut program = load_program(file, &root().join(path)).unwrap_or_else(|e| panic!("{}", e.error.diag.message));
+    let target = Target { recipe: recipe.map(str::to_string), ..Target::default() };
+    let instance = instantiate(&mut program, &target).unwrap_or_else(|e| panic!("{}", e.diag.message));
+    elaborate(&program, &instance).unwrap_or_else(|e| panic!("{}", e.diag.message))
+}
+
+/// A deterministic pseudo-random stream (not the interpreter's), for inputs and weights.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+}
+
+/// Every parameter filled with small values (`std`), by name order.
+pub fn params(graph: &Graph, std: f64, seed: u64) -> HashMap<String, Tensor> {
+    let mut rng = Lcg(seed);
+    let mut out = HashMap::new();
+    for n in &graph.nodes {
+        if let Op::Param { name } = &n.op {
+            let shape: Vec<usize> = n.ty.shape.iter().map(|d| d.as_constant().expect("constant") as usize).collect();
+            let len = shape.iter().product();
+            out.insert(name.clone(), Tensor::new(shape, (0..len).map(|_| std * rng.next()).collect()));
+        }
+    }
+    out
+}
+
+/// Inputs for symbols `B = 2` and every other symbol `= 6`; integer inputs are small ids.
+pub fn inputs(graph: &Graph, seed: u64) -> HashMap<String, Tensor> {
+    let mut rng = Lcg(seed);
+    let mut out = HashMap::new();
+    for n in &graph.nodes {
+        if let Op::Input { name } = &n.op {
+            let shape: Vec<usize> =
+                n.ty.shape
+                    .iter()
+                    .map(|d| graph.eval_dim(d, &|s: &str| Some(if s == "B" { 2 } else { 6 })).expect("bound") as usize)
+                    .collect();
+            let len = shape.iter().product();
+            let data = (0..len)
+                .map(|_| if n.ty.dtype.is_float() { rng.next() } else { ((rng.next() + 1.0) * 2.0).floor() })
+                .collect();
+            out.insert(name.clone(), Tensor::new(shape, data));
+        }
+    }
+    out
 }

@@ -1394,7 +1394,9 @@ impl<'a> Builder<'a> {
                 if p == 0.0 {
                     return Ok(RValue::Tensor(x));
                 }
-                Ok(RValue::Tensor(self.node(Op::Dropout { p }, vec![x], frame, span)?))
+                // Each dropout gets its own mask stream, numbered in graph order.
+                let key = self.graph.nodes.iter().filter(|n| matches!(n.op, Op::Dropout { .. })).count() as u64;
+                Ok(RValue::Tensor(self.node(Op::Dropout { p, key }, vec![x], frame, span)?))
             }
             "cast" => {
                 let x = tensor_arg(self, 0, frame)?;

@@ -33,6 +33,8 @@ pub struct Graph {
     pub metrics: Vec<(String, ValueId)>,
     /// Dims defined by a formula rather than bound by a signature: MoE capacities.
     pub dim_defs: Vec<DimDef>,
+    /// After autodiff: each parameter's gradient, by checkpoint name.
+    pub grads: Vec<(String, ValueId)>,
 }
 
 /// `C0 = ceil(capacity * k * tokens / experts)`: an expert's slots in an MoE layer.
@@ -111,6 +113,9 @@ impl fmt::Display for Graph {
         }
         for (name, v) in &self.metrics {
             writeln!(f, "metric {name} = %{}", v.0)?;
+        }
+        for (name, v) in &self.grads {
+            writeln!(f, "grad {name} = %{}", v.0)?;
         }
         let outs: Vec<String> = self.outputs.iter().map(|o| format!("%{}", o.0)).collect();
         writeln!(f, "return {}", outs.join(", "))

@@ -102,6 +102,9 @@ pub enum Op {
     /// training; identity at inference.
     Dropout {
         p: f64,
+        /// Names the mask's random stream: the backward pass applies the same mask by
+        /// using the same key.
+        key: u64,
     },
 
     // ---- reductions and normalisations over axes
@@ -404,7 +407,7 @@ impl Op {
             Op::Arange { n } => format!(" n={n}"),
             Op::Softcap { cap } => format!(" cap={cap:?}"),
             Op::Cast { to } => format!(" to={}", to.name()),
-            Op::Dropout { p } => format!(" p={p:?}"),
+            Op::Dropout { p, key } => format!(" p={p:?} key={key}"),
             Op::Reduce { axes, keepdim, .. } => format!(" axes={axes:?} keepdim={keepdim}"),
             Op::Pad { axis, before, after, value } => {
                 format!(" axis={axis} before={before} after={after} value={value:?}")

@@ -367,13 +367,16 @@ fn eval(
                 t
             }
         },
-        Op::Dropout { p } => {
+        Op::Dropout { p, key } => {
             if !options.training || *p == 0.0 {
                 args[0].clone()
             } else {
+                // The mask depends only on (seed, key): the backward's dropout, which has
+                // the same key, zeroes the same elements.
+                let mut mask = SplitMix(options.seed ^ key.wrapping_mul(0xA076_1D64_78BD_642F));
                 let keep = 1.0 - p;
                 let mut t = args[0].clone();
-                t.data.iter_mut().for_each(|x| *x = if rng.uniform() < *p { 0.0 } else { *x / keep });
+                t.data.iter_mut().for_each(|x| *x = if mask.uniform() < *p { 0.0 } else { *x / keep });
                 t
             }
         }
