@@ -192,9 +192,7 @@ const INTERPRETER_PARAM_LIMIT: u64 = 50_000_000;
 /// `modelc run`: one forward pass of a recipe's model, with freshly initialised
 /// parameters, on a batch of the built-in corpus; prints the loss.
 pub fn run(path: &Path, target: &Target, seed: Option<u64>, report: &Reporter) -> i32 {
-    use modelc_compiler::elab::value::Value;
     use modelc_compiler::interp::{self, tensor::Tensor};
-    use modelc_runtime::init::{init, Init};
     let Some(mut program) = load_program(path, report) else {
         return EXIT_INPUT;
     };
@@ -231,37 +229,7 @@ pub fn run(path: &Path, target: &Target, seed: Option<u64>, report: &Reporter) -
         }
     };
     let seed = seed.unwrap_or(w.seed);
-    // Parameters from their declared initialisers, each seeded by its name.
-    let num = |v: &Value| match v {
-        Value::Int(i) => *i as f64,
-        Value::Float(x) => *x,
-        _ => 0.0,
-    };
-    let mut params = std::collections::HashMap::new();
-    instance.for_each_weight("", &[], &mut |name, shape, weight| {
-        let args: Vec<f64> = match &weight.init {
-            Value::Call { args, .. } => args.iter().map(|(_, v)| num(v)).collect(),
-            _ => Vec::new(),
-        };
-        let name_of = match &weight.init {
-            Value::Call { name, .. } | Value::Symbol(name) => name.as_str(),
-            _ => "normal",
-        };
-        let arg = |i: usize| args.get(i).copied().unwrap_or(0.0);
-        let spec = match name_of {
-            "zeros" => Init::Zeros,
-            "ones" => Init::Ones,
-            "constant" => Init::Constant(arg(0)),
-            "uniform" => Init::Uniform { low: arg(0), high: arg(1) },
-            "xavier" => Init::Xavier,
-            "kaiming" => Init::Kaiming,
-            "scaled_normal" => Init::ScaledNormal { std: arg(0), layers: arg(1) },
-            _ => Init::Normal { std: if args.is_empty() { 0.02 } else { arg(0) } },
-        };
-        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-        let data = init(&spec, name, &shape, seed);
-        params.insert(name.to_string(), Tensor::new(shape, data));
-    });
+    let params = crate::train::init_params(&instance, seed);
     // One batch of `seq + 1` tokens: inputs are the first `seq`, targets the last.
     let (b, t) = (w.batch.max(1) as usize, w.seq.max(1) as usize);
     let corpus = modelc_runtime::data::Corpus::builtin();
@@ -293,6 +261,133 @@ pub fn run(path: &Path, target: &Target, seed: Option<u64>, report: &Reporter) -
         }
         Err(e) => {
             report.plain_error(&format!("running the model: {e}"));
+            EXIT_INPUT
+        }
+    }
+}
+
+/// `modelc train`: trains a recipe's model on the built-in corpus through the reference
+/// interpreter, writing `DIR/metrics.jsonl` (one object per step).
+pub fn train(
+    path: &Path,
+    target: &Target,
+    steps: Option<u64>,
+    out: Option<&Path>,
+    seed: Option<u64>,
+    report: &Reporter,
+) -> i32 {
+    use modelc_compiler::elab::value::Value;
+    let Some(mut program) = load_program(path, report) else {
+        return EXIT_INPUT;
+    };
+    let mut target = target.clone();
+    if target.recipe.is_none() {
+        target.recipe = Some("tiny".to_string());
+    }
+    let built = modelc_compiler::instantiate(&mut program, &target).and_then(|instance| {
+        let graph = modelc_compiler::elab::forward::elaborate(&program, &instance)?;
+        let w = modelc_compiler::workload(&program, &target, None, None)?;
+        Ok((instance, graph, w))
+    });
+    let (instance, graph, w) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            report_compile_error(&e, &program, report);
+            return EXIT_INPUT;
+        }
+    };
+    let total = instance.param_count();
+    if total > INTERPRETER_PARAM_LIMIT {
+        report.plain_error(&format!(
+            "`{}` has {} parameters, too many for the reference interpreter (at most {})",
+            instance.block_name,
+            inspect::thousands(total),
+            inspect::thousands(INTERPRETER_PARAM_LIMIT)
+        ));
+        return EXIT_UNSUPPORTED;
+    }
+    let entry = |key: &str| w.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let int = |key: &str| match entry(key) {
+        Some(Value::Int(i)) => Some(*i),
+        _ => None,
+    };
+    let steps = steps.or(int("steps").map(|s| s.max(0) as u64)).unwrap_or(100);
+    let seed = seed.unwrap_or(w.seed);
+    let objective = w.objective.as_deref().unwrap_or("causal_lm");
+    let graph = match modelc_compiler::objective::Objective::parse(objective)
+        .and_then(|o| modelc_compiler::objective::apply(graph, o))
+        .and_then(modelc_compiler::autodiff::differentiate)
+    {
+        Ok(g) => g,
+        Err(why) => {
+            report.plain_error(&why);
+            return EXIT_UNSUPPORTED;
+        }
+    };
+    let setup = crate::train::optimizer(entry("optimizer"))
+        .and_then(|(opt, peak)| crate::train::schedule(entry("schedule"), peak, steps).map(|s| (opt, s)));
+    let (optimizer, schedule) = match setup {
+        Ok(x) => x,
+        Err(why) => {
+            report.plain_error(&why);
+            return EXIT_INPUT;
+        }
+    };
+    let clip = match entry("clip") {
+        Some(Value::Float(c)) => Some(*c),
+        Some(Value::Int(c)) => Some(*c as f64),
+        _ => None,
+    };
+    let token_input = graph.nodes.iter().find_map(|n| match &n.op {
+        modelc_compiler::graph::op::Op::Input { name } if name != "targets" && !n.ty.dtype.is_float() => {
+            Some(name.clone())
+        }
+        _ => None,
+    });
+    let Some(token_input) = token_input else {
+        report.plain_error("the model takes no token ids");
+        return EXIT_UNSUPPORTED;
+    };
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = out.map(Path::to_path_buf).unwrap_or_else(|| {
+        std::path::PathBuf::from("runs").join(format!("{stem}-{}", target.recipe.as_deref().unwrap_or("tiny")))
+    });
+    let metrics = std::fs::create_dir_all(&dir).and_then(|_| std::fs::File::create(dir.join("metrics.jsonl")));
+    let mut metrics = match metrics {
+        Ok(f) => std::io::BufWriter::new(f),
+        Err(e) => {
+            report.plain_error(&format!("cannot write `{}`: {e}", dir.join("metrics.jsonl").display()));
+            return EXIT_INPUT;
+        }
+    };
+    eprintln!(
+        "training {} ({} parameters) for {steps} steps, batch {} x {} tokens, seed {seed}; metrics in {}",
+        instance.block_name,
+        inspect::thousands(total),
+        w.batch,
+        w.seq,
+        dir.join("metrics.jsonl").display()
+    );
+    let run = crate::train::Run {
+        graph: &graph,
+        params: crate::train::init_params(&instance, seed),
+        optimizer,
+        schedule,
+        clip,
+        accumulate: int("accumulate").unwrap_or(1).max(1) as usize,
+        steps,
+        batch: w.batch.max(1) as usize,
+        seq: w.seq.max(1) as usize,
+        seed,
+        token_input,
+    };
+    match crate::train::train(run, &mut metrics, (steps / 20).max(1)) {
+        Ok(_) => {
+            let _ = std::io::Write::flush(&mut metrics);
+            EXIT_OK
+        }
+        Err(why) => {
+            report.plain_error(&format!("training: {why}"));
             EXIT_INPUT
         }
     }

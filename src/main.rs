@@ -100,11 +100,20 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Train a recipe (not implemented yet).
+    /// Train a recipe's model on the built-in corpus: `DIR/metrics.jsonl` per step.
     Train {
         file: PathBuf,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        rest: Vec<String>,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Optimizer steps (default: the recipe's `steps`).
+        #[arg(long)]
+        steps: Option<u64>,
+        /// Output directory (default: `runs/FILE-RECIPE`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Seed for parameters, data order and dropout (default: the recipe's).
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Generate text from a checkpoint (not implemented yet).
     Generate {
@@ -142,7 +151,9 @@ fn main() {
             commands::inspect(&file, &target.target(), (batch, seq), json, &report)
         }
         Command::Run { file, target, seed } => commands::run(&file, &target.target(), seed, &report),
-        Command::Train { .. } => commands::not_implemented("`modelc train`", &report),
+        Command::Train { file, target, steps, out, seed } => {
+            commands::train(&file, &target.target(), steps, out.as_deref(), seed, &report)
+        }
         Command::Generate { .. } => commands::not_implemented("`modelc generate`", &report),
     });
     std::process::exit(code);

@@ -287,6 +287,10 @@ pub struct Workload {
     pub seed: u64,
     /// The recipe's `objective` word (`causal_lm`, `mlm`, ...), if it has one.
     pub objective: Option<String>,
+    /// Every entry of the recipe, evaluated, for the runtime to read (`optimizer`,
+    /// `schedule`, `clip`, `accumulate`, `steps`, ...).
+    #[serde(skip)]
+    pub entries: Vec<(String, Value)>,
 }
 
 pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Option<i64>) -> Result<Workload, Error> {
@@ -299,6 +303,7 @@ pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Opt
         precision: "f32".into(),
         seed: 0,
         objective: None,
+        entries: Vec::new(),
     };
     if let Some(name) = &target.recipe {
         let recipe = program.modules[0].ast.items.iter().find_map(|it| match &it.kind {
@@ -313,6 +318,7 @@ pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Opt
         };
         for entry in recipe.map(|r| r.entries.as_slice()).unwrap_or_default() {
             let value = scope.eval(&entry.value)?;
+            w.entries.push((entry.key.name.clone(), value.clone()));
             match (entry.key.name.as_str(), value) {
                 ("data", Value::Call { args, .. }) => {
                     if let (Some(Value::Int(b)), Some(Value::Int(s))) = (arg(&args, "batch"), arg(&args, "seq")) {

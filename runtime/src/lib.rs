@@ -1,10 +1,12 @@
 //! Buffers, executor, optimizers, schedules, data loading and checkpoints.
 //!
-//! Built so far: seeded parameter initialisation (`init`) and the built-in corpus with
-//! the byte tokenizer (`data`). Architecture invariant: the runtime sees names, shapes,
+//! Built so far: seeded parameter initialisation (`init`), the built-in corpus with the
+//! byte tokenizer (`data`), optimizers (`optim`) and learning-rate schedules (`schedule`). Architecture invariant: the runtime sees names, shapes,
 //! buffers and (later) compiled kernels, never the AST or the Graph IR, so it depends on
 //! no other modelc crate.
 
 pub mod data;
 pub mod init;
+pub mod optim;
 pub mod rng;
+pub mod schedule;

@@ -1,0 +1,210 @@
+//! The training loop over the reference interpreter: the compiler's training graph (model,
+//! objective, backward) run once per micro-batch, the runtime's optimizer and schedule
+//! applied per step, one JSON line of metrics per step. Compiled backends will replace the
+//! interpreter under the same loop.
+
+use modelc_compiler::elab::instance::Instance;
+use modelc_compiler::elab::value::Value;
+use modelc_compiler::graph::Graph;
+use modelc_compiler::interp::{self, tensor::Tensor};
+use modelc_runtime::init::{init, Init};
+use modelc_runtime::optim::{Kind, Optimizer};
+use modelc_runtime::schedule::{Phase, Schedule};
+use std::collections::HashMap;
+use std::io::Write;
+
+/// Parameters from their declared initialisers, each seeded by its name.
+pub fn init_params(instance: &Instance, seed: u64) -> HashMap<String, Tensor> {
+    let mut params = HashMap::new();
+    instance.for_each_weight("", &[], &mut |name, shape, weight| {
+        let (kind, args) = call_parts(&weight.init);
+        let arg = |i: usize| args.get(i).copied().unwrap_or(0.0);
+        let spec = match kind.as_str() {
+            "zeros" => Init::Zeros,
+            "ones" => Init::Ones,
+            "constant" => Init::Constant(arg(0)),
+            "uniform" => Init::Uniform { low: arg(0), high: arg(1) },
+            "xavier" => Init::Xavier,
+            "kaiming" => Init::Kaiming,
+            "scaled_normal" => Init::ScaledNormal { std: arg(0), layers: arg(1) },
+            _ => Init::Normal { std: if args.is_empty() { 0.02 } else { arg(0) } },
+        };
+        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        let data = init(&spec, name, &shape, seed);
+        params.insert(name.to_string(), Tensor::new(shape, data));
+    });
+    params
+}
+
+fn num(v: &Value) -> Option<f64> {
+    match v {
+        Value::Int(i) => Some(*i as f64),
+        Value::Float(x) => Some(*x),
+        _ => None,
+    }
+}
+
+/// `name(args...)` or a bare `name`, with numeric positional arguments.
+fn call_parts(v: &Value) -> (String, Vec<f64>) {
+    match v {
+        Value::Call { name, args } => {
+            (name.clone(), args.iter().filter(|(k, _)| k.is_none()).filter_map(|(_, v)| num(v)).collect())
+        }
+        Value::Symbol(name) => (name.clone(), Vec::new()),
+        _ => (String::new(), Vec::new()),
+    }
+}
+
+fn named(v: &Value, key: &str) -> Option<Value> {
+    match v {
+        Value::Call { args, .. } => args.iter().find(|(k, _)| k.as_deref() == Some(key)).map(|(_, v)| v.clone()),
+        _ => None,
+    }
+}
+
+/// The recipe's optimizer (`adamw(lr: 3e-4, betas: (0.9, 0.95), weight_decay: 0.1, ...)`)
+/// and its peak learning rate.
+pub fn optimizer(entry: Option<&Value>) -> Result<(Optimizer, f64), String> {
+    let default = Value::Call { name: "adamw".into(), args: Vec::new() };
+    let v = entry.unwrap_or(&default);
+    let (name, _) = call_parts(v);
+    let f = |key: &str, d: f64| named(v, key).and_then(|x| num(&x)).unwrap_or(d);
+    let betas = match named(v, "betas") {
+        Some(Value::Tuple(b)) if b.len() == 2 => (num(&b[0]).unwrap_or(0.9), num(&b[1]).unwrap_or(0.999)),
+        _ => (0.9, 0.999),
+    };
+    let no_decay = match named(v, "no_decay") {
+        Some(Value::List(items)) => items.iter().map(|i| i.to_string().trim_matches('"').to_string()).collect(),
+        _ => Vec::new(),
+    };
+    let kind = match name.as_str() {
+        "sgd" => Kind::Sgd {
+            momentum: f("momentum", 0.0),
+            nesterov: matches!(named(v, "nesterov"), Some(Value::Bool(true))),
+        },
+        "adam" => Kind::Adam { beta1: betas.0, beta2: betas.1, eps: f("eps", 1e-8) },
+        "adamw" => Kind::AdamW { beta1: betas.0, beta2: betas.1, eps: f("eps", 1e-8) },
+        "adafactor" => Kind::Adafactor { beta2: f("beta2", 0.999), eps: f("eps", 1e-30) },
+        other => return Err(format!("unknown optimizer `{other}`: sgd, adam, adamw or adafactor")),
+    };
+    let default_decay = if name == "adamw" { 0.01 } else { 0.0 };
+    let default_lr = if name == "sgd" { 0.1 } else { 1e-3 };
+    Ok((Optimizer::new(kind, f("weight_decay", default_decay), no_decay), f("lr", default_lr)))
+}
+
+/// `warmup(n) then cosine(to: x)` and the other phases, as a `Schedule`.
+pub fn schedule(entry: Option<&Value>, peak: f64, total: u64) -> Result<Schedule, String> {
+    fn phases(v: &Value, out: &mut Vec<Phase>) -> Result<(), String> {
+        let (name, args) = call_parts(v);
+        let to = named(v, "to").and_then(|x| num(&x)).unwrap_or(0.0);
+        match name.as_str() {
+            "then" => {
+                if let Value::Call { args, .. } = v {
+                    for (_, part) in args {
+                        phases(part, out)?;
+                    }
+                }
+            }
+            "warmup" => out.push(Phase::Warmup { steps: args.first().copied().unwrap_or(0.0) as u64 }),
+            "cosine" => out.push(Phase::Cosine { to }),
+            "linear" => out.push(Phase::Linear { to }),
+            "constant" => out.push(Phase::Constant),
+            "inverse_sqrt" => out.push(Phase::InverseSqrt),
+            "wsd" => out.push(Phase::Wsd { decay: named(v, "decay").and_then(|x| num(&x)).unwrap_or(0.1), to }),
+            other => {
+                return Err(format!("unknown schedule `{other}`: warmup, cosine, linear, constant, wsd, inverse_sqrt"))
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    if let Some(v) = entry {
+        phases(v, &mut out)?;
+    }
+    Ok(Schedule { peak, total, phases: out })
+}
+
+/// Everything one training run needs.
+pub struct Run<'a> {
+    pub graph: &'a Graph,
+    pub params: HashMap<String, Tensor>,
+    pub optimizer: Optimizer,
+    pub schedule: Schedule,
+    pub clip: Option<f64>,
+    pub accumulate: usize,
+    pub steps: u64,
+    pub batch: usize,
+    pub seq: usize,
+    pub seed: u64,
+    /// The forward's integer token input.
+    pub token_input: String,
+}
+
+/// Trains, writing one JSON object per step to `metrics`, and a progress line to stderr
+/// every `every` steps. Returns the final parameters.
+pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMap<String, Tensor>, String> {
+    let corpus = modelc_runtime::data::Corpus::builtin();
+    let (b, t) = (run.batch, run.seq);
+    for step in 1..=run.steps {
+        let started = std::time::Instant::now();
+        let mut grads: HashMap<String, Vec<f64>> = HashMap::new();
+        let (mut loss, mut extras) = (0.0, Vec::<(String, f64)>::new());
+        for micro in 0..run.accumulate {
+            let windows = corpus.batch(b, t + 1, run.seed, (step - 1) * run.accumulate as u64 + micro as u64);
+            let take = |r: std::ops::Range<usize>| {
+                Tensor::new(vec![b, t], windows.iter().flat_map(|w| w[r.clone()].iter().map(|&x| x as f64)).collect())
+            };
+            let inputs =
+                HashMap::from([(run.token_input.clone(), take(0..t)), ("targets".to_string(), take(1..t + 1))]);
+            // Dropout masks differ per step and micro-step, and replay in the backward.
+            let options = interp::Options {
+                precision: interp::Precision::Native,
+                training: true,
+                seed: run.seed ^ (step << 20) ^ micro as u64,
+            };
+            let values = interp::run(run.graph, &inputs, &run.params, &options).map_err(|e| e.0)?;
+            let scale = 1.0 / run.accumulate as f64;
+            loss += values[run.graph.outputs[0].0 as usize].data[0] * scale;
+            for (name, id) in &run.graph.grads {
+                let g = &values[id.0 as usize].data;
+                let acc = grads.entry(name.clone()).or_insert_with(|| vec![0.0; g.len()]);
+                acc.iter_mut().zip(g).for_each(|(a, x)| *a += x * scale);
+            }
+            for (name, id) in run.graph.aux_losses.iter().chain(&run.graph.metrics) {
+                let v = values[id.0 as usize].data.first().copied().unwrap_or(0.0) * scale;
+                match extras.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, x)) => *x += v,
+                    None => extras.push((name.clone(), v)),
+                }
+            }
+        }
+        let grad_norm = grads.values().flatten().map(|g| g * g).sum::<f64>().sqrt();
+        if let Some(clip) = run.clip {
+            if grad_norm > clip {
+                let s = clip / grad_norm;
+                grads.values_mut().flatten().for_each(|g| *g *= s);
+            }
+        }
+        let lr = run.schedule.lr(step);
+        let mut flat: HashMap<String, (Vec<usize>, Vec<f64>)> =
+            run.params.drain().map(|(k, v)| (k, (v.shape, v.data))).collect();
+        run.optimizer.step(&mut flat, &grads, lr);
+        run.params = flat.into_iter().map(|(k, (s, d))| (k, Tensor::new(s, d))).collect();
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        let tokens_per_s = (b * t * run.accumulate) as f64 / secs;
+        let mut line = serde_json::json!({
+            "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
+        });
+        for (name, v) in &extras {
+            line[name] = serde_json::json!(v);
+        }
+        writeln!(metrics, "{line}").map_err(|e| format!("writing metrics: {e}"))?;
+        if step == 1 || step % every == 0 || step == run.steps {
+            eprintln!(
+                "step {step:>5}/{}  loss {loss:.4}  lr {lr:.2e}  grad_norm {grad_norm:.3}  {tokens_per_s:.0} tokens/s",
+                run.steps
+            );
+        }
+    }
+    Ok(run.params)
+}
