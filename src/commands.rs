@@ -268,15 +268,18 @@ pub fn run(path: &Path, target: &Target, seed: Option<u64>, report: &Reporter) -
 
 /// `modelc train`: trains a recipe's model on the built-in corpus through the reference
 /// interpreter, writing `DIR/metrics.jsonl` (one object per step).
-pub fn train(
-    path: &Path,
-    target: &Target,
-    steps: Option<u64>,
-    out: Option<&Path>,
-    seed: Option<u64>,
-    report: &Reporter,
-) -> i32 {
+/// How `modelc train` was asked to run, beyond the target.
+pub struct TrainArgs<'a> {
+    pub steps: Option<u64>,
+    pub out: Option<&'a Path>,
+    pub seed: Option<u64>,
+    pub checkpoint_every: Option<u64>,
+    pub resume: Option<&'a Path>,
+}
+
+pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) -> i32 {
     use modelc_compiler::elab::value::Value;
+    let TrainArgs { steps, out, seed, .. } = *args;
     let Some(mut program) = load_program(path, report) else {
         return EXIT_INPUT;
     };
@@ -349,10 +352,45 @@ pub fn train(
         return EXIT_UNSUPPORTED;
     };
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let dir = out.map(Path::to_path_buf).unwrap_or_else(|| {
+    let dir = out.or(args.resume).map(Path::to_path_buf).unwrap_or_else(|| {
         std::path::PathBuf::from("runs").join(format!("{stem}-{}", target.recipe.as_deref().unwrap_or("tiny")))
     });
-    let metrics = std::fs::create_dir_all(&dir).and_then(|_| std::fs::File::create(dir.join("metrics.jsonl")));
+    // Resuming: the latest checkpoint's parameters and optimizer state, its metrics kept.
+    let mut params = crate::train::init_params(&instance, seed);
+    let mut optimizer = optimizer;
+    let mut start_step = 1;
+    if let Some(from) = args.resume {
+        match crate::train::latest_checkpoint(from) {
+            Ok((step, loaded, opt_step, state)) => {
+                params = loaded;
+                optimizer.restore(opt_step, &state);
+                start_step = step + 1;
+                let kept: String = std::fs::read_to_string(dir.join("metrics.jsonl"))
+                    .unwrap_or_default()
+                    .lines()
+                    .take(step as usize)
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                if let Err(e) = std::fs::write(dir.join("metrics.jsonl"), kept) {
+                    report.plain_error(&format!("cannot rewrite metrics.jsonl: {e}"));
+                    return EXIT_INPUT;
+                }
+                eprintln!("resuming from step {step} in {}", from.display());
+            }
+            Err(why) => {
+                report.plain_error(&why);
+                return EXIT_INPUT;
+            }
+        }
+    }
+    let metrics = std::fs::create_dir_all(&dir).and_then(|_| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(args.resume.is_some())
+            .write(true)
+            .truncate(args.resume.is_none())
+            .open(dir.join("metrics.jsonl"))
+    });
     let mut metrics = match metrics {
         Ok(f) => std::io::BufWriter::new(f),
         Err(e) => {
@@ -368,9 +406,16 @@ pub fn train(
         w.seq,
         dir.join("metrics.jsonl").display()
     );
+    let every = args.checkpoint_every.or(match entry("checkpoint") {
+        Some(Value::Call { name, args }) if name == "every" => args.first().and_then(|(_, v)| match v {
+            Value::Int(n) => Some(*n as u64),
+            _ => None,
+        }),
+        _ => None,
+    });
     let run = crate::train::Run {
         graph: &graph,
-        params: crate::train::init_params(&instance, seed),
+        params,
         optimizer,
         schedule,
         clip,
@@ -380,6 +425,9 @@ pub fn train(
         seq: w.seq.max(1) as usize,
         seed,
         token_input,
+        start_step,
+        checkpoint_every: every,
+        out_dir: dir.clone(),
     };
     match crate::train::train(run, &mut metrics, (steps / 20).max(1)) {
         Ok(_) => {

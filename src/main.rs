@@ -114,6 +114,14 @@ enum Command {
         /// Seed for parameters, data order and dropout (default: the recipe's).
         #[arg(long)]
         seed: Option<u64>,
+        /// Checkpoint every N steps (default: the recipe's `checkpoint = every(N)`); the
+        /// last step is always checkpointed.
+        #[arg(long)]
+        checkpoint_every: Option<u64>,
+        /// Continue from the latest checkpoint in DIR; later steps equal an uninterrupted
+        /// run's bit for bit.
+        #[arg(long)]
+        resume: Option<PathBuf>,
     },
     /// Generate text from a checkpoint (not implemented yet).
     Generate {
@@ -151,8 +159,10 @@ fn main() {
             commands::inspect(&file, &target.target(), (batch, seq), json, &report)
         }
         Command::Run { file, target, seed } => commands::run(&file, &target.target(), seed, &report),
-        Command::Train { file, target, steps, out, seed } => {
-            commands::train(&file, &target.target(), steps, out.as_deref(), seed, &report)
+        Command::Train { file, target, steps, out, seed, checkpoint_every, resume } => {
+            let args =
+                commands::TrainArgs { steps, out: out.as_deref(), seed, checkpoint_every, resume: resume.as_deref() };
+            commands::train(&file, &target.target(), &args, &report)
         }
         Command::Generate { .. } => commands::not_implemented("`modelc generate`", &report),
     });

@@ -138,6 +138,63 @@ pub struct Run<'a> {
     pub seed: u64,
     /// The forward's integer token input.
     pub token_input: String,
+    /// The first step to run: 1, or the step after a resumed checkpoint.
+    pub start_step: u64,
+    /// Write a checkpoint every this many steps (and always after the last).
+    pub checkpoint_every: Option<u64>,
+    pub out_dir: std::path::PathBuf,
+}
+
+/// Rounds to f32: master weights and optimizer state are f32, as checkpoints store them.
+fn round_f32(params: &mut HashMap<String, Tensor>) {
+    params.values_mut().flat_map(|t| t.data.iter_mut()).for_each(|x| *x = *x as f32 as f64);
+}
+
+/// Writes `step-N.safetensors` (parameters), `step-N.optimizer.safetensors` and the
+/// `step-N.json` sidecar, each atomically; the sidecar last, so it only ever names files
+/// that exist.
+fn checkpoint(run: &Run, step: u64) -> Result<(), String> {
+    use modelc_runtime::checkpoint::{save, write_atomically, Tensors};
+    let params: Tensors = run.params.iter().map(|(k, t)| (k.clone(), (t.shape.clone(), t.data.clone()))).collect();
+    let (opt_step, state) = run.optimizer.state();
+    let (pfile, ofile) = (format!("step-{step}.safetensors"), format!("step-{step}.optimizer.safetensors"));
+    save(&run.out_dir.join(&pfile), &params)?;
+    save(&run.out_dir.join(&ofile), &state)?;
+    let sidecar = serde_json::json!({
+        "step": step,
+        "seed": run.seed,
+        "params": pfile,
+        "optimizer": ofile,
+        "optimizer_step": opt_step,
+        // Data order and dropout are functions of (seed, step): nothing else to restore.
+        "next_batch": step * run.accumulate as u64,
+    });
+    write_atomically(&run.out_dir.join(format!("step-{step}.json")), format!("{sidecar:#}\n").as_bytes())
+        .map_err(|e| format!("writing the checkpoint sidecar: {e}"))
+}
+
+/// The latest checkpoint in `dir`: its step, parameters and optimizer state.
+pub fn latest_checkpoint(
+    dir: &std::path::Path,
+) -> Result<(u64, HashMap<String, Tensor>, u64, modelc_runtime::checkpoint::Tensors), String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("reading `{}`: {e}", dir.display()))?;
+    let step = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("step-")?.strip_suffix(".json")?.parse::<u64>().ok()
+        })
+        .max()
+        .ok_or_else(|| format!("no checkpoint (step-N.json) in `{}`", dir.display()))?;
+    let text = std::fs::read_to_string(dir.join(format!("step-{step}.json"))).map_err(|e| e.to_string())?;
+    let sidecar: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("step-{step}.json: {e}"))?;
+    let file = |key: &str| dir.join(sidecar[key].as_str().unwrap_or_default());
+    let params = modelc_runtime::checkpoint::load(&file("params"))?
+        .into_iter()
+        .map(|(k, (s, d))| (k, Tensor::new(s, d)))
+        .collect();
+    let state = modelc_runtime::checkpoint::load(&file("optimizer"))?;
+    Ok((step, params, sidecar["optimizer_step"].as_u64().unwrap_or(step), state))
 }
 
 /// Trains, writing one JSON object per step to `metrics`, and a progress line to stderr
@@ -145,7 +202,8 @@ pub struct Run<'a> {
 pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMap<String, Tensor>, String> {
     let corpus = modelc_runtime::data::Corpus::builtin();
     let (b, t) = (run.batch, run.seq);
-    for step in 1..=run.steps {
+    round_f32(&mut run.params);
+    for step in run.start_step..=run.steps {
         let started = std::time::Instant::now();
         let mut grads: HashMap<String, Vec<f64>> = HashMap::new();
         let (mut loss, mut extras) = (0.0, Vec::<(String, f64)>::new());
@@ -190,6 +248,11 @@ pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMa
             run.params.drain().map(|(k, v)| (k, (v.shape, v.data))).collect();
         run.optimizer.step(&mut flat, &grads, lr);
         run.params = flat.into_iter().map(|(k, (s, d))| (k, Tensor::new(s, d))).collect();
+        round_f32(&mut run.params);
+        run.optimizer.round_state_f32();
+        if step == run.steps || run.checkpoint_every.is_some_and(|n| n > 0 && step % n == 0) {
+            checkpoint(&run, step)?;
+        }
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         let tokens_per_s = (b * t * run.accumulate) as f64 / secs;
         let mut line = serde_json::json!({

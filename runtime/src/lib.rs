@@ -5,6 +5,7 @@
 //! buffers and (later) compiled kernels, never the AST or the Graph IR, so it depends on
 //! no other modelc crate.
 
+pub mod checkpoint;
 pub mod data;
 pub mod init;
 pub mod optim;

@@ -61,6 +61,42 @@ impl Optimizer {
         self.weight_decay > 0.0 && !self.no_decay.iter().any(|w| name.split('.').any(|part| part == w))
     }
 
+    /// The state to checkpoint: the step and every buffer, named `m.NAME`, `v.NAME`,
+    /// `rows.NAME`, `cols.NAME`.
+    pub fn state(&self) -> (u64, crate::checkpoint::Tensors) {
+        let mut out = crate::checkpoint::Tensors::new();
+        for (prefix, map) in [("m", &self.m), ("v", &self.v), ("rows", &self.rows), ("cols", &self.cols)] {
+            for (name, data) in map {
+                out.insert(format!("{prefix}.{name}"), (vec![data.len()], data.clone()));
+            }
+        }
+        (self.step, out)
+    }
+
+    /// Restores what `state` saved.
+    pub fn restore(&mut self, step: u64, state: &crate::checkpoint::Tensors) {
+        self.step = step;
+        for (key, (_, data)) in state {
+            let Some((prefix, name)) = key.split_once('.') else { continue };
+            let map = match prefix {
+                "m" => &mut self.m,
+                "v" => &mut self.v,
+                "rows" => &mut self.rows,
+                "cols" => &mut self.cols,
+                _ => continue,
+            };
+            map.insert(name.to_string(), data.clone());
+        }
+    }
+
+    /// Rounds every buffer to f32, the precision of the state that checkpoints keep,
+    /// so that a resumed run continues exactly as an uninterrupted one.
+    pub fn round_state_f32(&mut self) {
+        for map in [&mut self.m, &mut self.v, &mut self.rows, &mut self.cols] {
+            map.values_mut().flatten().for_each(|x| *x = *x as f32 as f64);
+        }
+    }
+
     /// One update of every parameter from its gradient at learning rate `lr`.
     pub fn step(
         &mut self,
