@@ -192,7 +192,7 @@ const INTERPRETER_PARAM_LIMIT: u64 = 50_000_000;
 /// `modelc run`: one forward pass of a recipe's model, with freshly initialised
 /// parameters, on a batch of the built-in corpus; prints the loss.
 pub fn run(path: &Path, target: &Target, seed: Option<u64>, report: &Reporter) -> i32 {
-    use modelc_compiler::interp::{self, tensor::Tensor};
+    use modelc_compiler::interp;
     let Some(mut program) = load_program(path, report) else {
         return EXIT_INPUT;
     };
@@ -230,13 +230,11 @@ pub fn run(path: &Path, target: &Target, seed: Option<u64>, report: &Reporter) -
     };
     let seed = seed.unwrap_or(w.seed);
     let params = crate::train::init_params(&instance, seed);
-    // One batch of `seq + 1` tokens: inputs are the first `seq`, targets the last.
+    // One batch of the recipe's objective from the built-in corpus.
     let (b, t) = (w.batch.max(1) as usize, w.seq.max(1) as usize);
     let corpus = modelc_runtime::data::Corpus::builtin();
-    let windows = corpus.batch(b, t + 1, seed, 0);
-    let take = |range: std::ops::Range<usize>| -> Tensor {
-        Tensor::new(vec![b, t], windows.iter().flat_map(|w| w[range.clone()].iter().map(|&x| x as f64)).collect())
-    };
+    let objective_entry = w.entries.iter().find(|(k, _)| k == "objective").map(|(_, v)| v);
+    let (tokens, targets) = crate::train::Batches::from_recipe(objective_entry).batch(&corpus, b, t, seed, 0);
     let token_input = graph.nodes.iter().find_map(|n| match &n.op {
         modelc_compiler::graph::op::Op::Input { name } if name != "targets" && !n.ty.dtype.is_float() => {
             Some(name.clone())
@@ -247,7 +245,7 @@ pub fn run(path: &Path, target: &Target, seed: Option<u64>, report: &Reporter) -
         report.plain_error("the model takes no token ids");
         return EXIT_UNSUPPORTED;
     };
-    let inputs = std::collections::HashMap::from([(token_input, take(0..t)), ("targets".to_string(), take(1..t + 1))]);
+    let inputs = std::collections::HashMap::from([(token_input, tokens), ("targets".to_string(), targets)]);
     let options = interp::Options { precision: interp::Precision::Native, training: false, seed };
     match interp::run(&graph, &inputs, &params, &options) {
         Ok(values) => {
@@ -425,6 +423,7 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
         seq: w.seq.max(1) as usize,
         seed,
         token_input,
+        batches: crate::train::Batches::from_recipe(entry("objective")),
         start_step,
         checkpoint_every: every,
         out_dir: dir.clone(),

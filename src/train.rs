@@ -124,6 +124,61 @@ pub fn schedule(entry: Option<&Value>, peak: f64, total: u64) -> Result<Schedule
     Ok(Schedule { peak, total, phases: out })
 }
 
+/// What the data pipeline makes of the corpus for the recipe's objective.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Batches {
+    /// Windows of `T + 1` tokens: inputs the first `T`, targets the last `T`.
+    CausalLm,
+    /// Windows of `T` tokens, masked; `dynamic` redraws the positions at every batch.
+    Mlm { rate: f64, dynamic: bool, mask_id: u32 },
+}
+
+impl Batches {
+    /// From the recipe's `objective = ...`.
+    pub fn from_recipe(v: Option<&Value>) -> Batches {
+        match v {
+            Some(v @ Value::Call { name, .. }) if name == "mlm" => Batches::Mlm {
+                rate: named(v, "mask").and_then(|x| num(&x)).unwrap_or(0.15),
+                dynamic: !matches!(named(v, "dynamic"), Some(Value::Bool(false))),
+                mask_id: named(v, "mask_id").and_then(|x| num(&x)).map_or(modelc_runtime::tokens::MASK, |x| x as u32),
+            },
+            Some(Value::Symbol(name)) if name == "mlm" => {
+                Batches::Mlm { rate: 0.15, dynamic: true, mask_id: modelc_runtime::tokens::MASK }
+            }
+            _ => Batches::CausalLm,
+        }
+    }
+
+    /// Inputs and targets `[B, T]` of batch number `index`.
+    pub fn batch(
+        &self,
+        corpus: &modelc_runtime::data::Corpus,
+        b: usize,
+        t: usize,
+        seed: u64,
+        index: u64,
+    ) -> (Tensor, Tensor) {
+        let tensor = |rows: Vec<Vec<f64>>| Tensor::new(vec![b, t], rows.into_iter().flatten().collect());
+        match self {
+            Batches::CausalLm => {
+                let windows = corpus.batch(b, t + 1, seed, index);
+                let inputs = windows.iter().map(|w| w[..t].iter().map(|&x| x as f64).collect()).collect();
+                let targets = windows.iter().map(|w| w[1..].iter().map(|&x| x as f64).collect()).collect();
+                (tensor(inputs), tensor(targets))
+            }
+            Batches::Mlm { rate, dynamic, mask_id } => {
+                let windows = corpus.batch(b, t, seed, index);
+                let stream = if *dynamic { format!("mlm/{index}") } else { "mlm".to_string() };
+                let mut rng = modelc_runtime::rng::Rng::for_name(seed, &stream);
+                let (inputs, targets) = modelc_runtime::data::mlm(&windows, *rate, *mask_id, &mut rng);
+                let inputs = inputs.iter().map(|w| w.iter().map(|&x| x as f64).collect()).collect();
+                let targets = targets.iter().map(|w| w.iter().map(|&x| x as f64).collect()).collect();
+                (tensor(inputs), tensor(targets))
+            }
+        }
+    }
+}
+
 /// Everything one training run needs.
 pub struct Run<'a> {
     pub graph: &'a Graph,
@@ -138,6 +193,7 @@ pub struct Run<'a> {
     pub seed: u64,
     /// The forward's integer token input.
     pub token_input: String,
+    pub batches: Batches,
     /// The first step to run: 1, or the step after a resumed checkpoint.
     pub start_step: u64,
     /// Write a checkpoint every this many steps (and always after the last).
@@ -208,12 +264,9 @@ pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMa
         let mut grads: HashMap<String, Vec<f64>> = HashMap::new();
         let (mut loss, mut extras) = (0.0, Vec::<(String, f64)>::new());
         for micro in 0..run.accumulate {
-            let windows = corpus.batch(b, t + 1, run.seed, (step - 1) * run.accumulate as u64 + micro as u64);
-            let take = |r: std::ops::Range<usize>| {
-                Tensor::new(vec![b, t], windows.iter().flat_map(|w| w[r.clone()].iter().map(|&x| x as f64)).collect())
-            };
-            let inputs =
-                HashMap::from([(run.token_input.clone(), take(0..t)), ("targets".to_string(), take(1..t + 1))]);
+            let index = (step - 1) * run.accumulate as u64 + micro as u64;
+            let (tokens, targets) = run.batches.batch(&corpus, b, t, run.seed, index);
+            let inputs = HashMap::from([(run.token_input.clone(), tokens), ("targets".to_string(), targets)]);
             // Dropout masks differ per step and micro-step, and replay in the backward.
             let options = interp::Options {
                 precision: interp::Precision::Native,

@@ -12,6 +12,9 @@ pub enum Objective {
     /// Next-token prediction: logits `[B, T, V]` of tokens `[B, T]` against `targets`
     /// `[B, T]` (the tokens shifted by one), mean cross-entropy.
     CausalLm,
+    /// Masked-language modelling: the same loss, against the original tokens at the masked
+    /// positions (the data pipeline corrupts the input and sets the other targets to -100).
+    Mlm,
 }
 
 impl Objective {
@@ -19,7 +22,8 @@ impl Objective {
     pub fn parse(name: &str) -> Result<Objective, String> {
         match name {
             "causal_lm" => Ok(Objective::CausalLm),
-            "mlm" | "span_corruption" => Err(format!("the `{name}` objective is not implemented yet")),
+            "mlm" => Ok(Objective::Mlm),
+            "span_corruption" => Err(format!("the `{name}` objective is not implemented yet")),
             other => Err(format!("unknown objective `{other}`; objectives are causal_lm, mlm and span_corruption")),
         }
     }
@@ -28,18 +32,19 @@ impl Objective {
 /// Appends `objective` to a model graph; the result's single output is the loss.
 pub fn apply(mut graph: Graph, objective: Objective) -> Result<Graph, String> {
     match objective {
-        Objective::CausalLm => {
+        // Token cross-entropy: what differs between the two is the data, not the graph.
+        Objective::CausalLm | Objective::Mlm => {
             let logits = *graph.outputs.first().ok_or("the model returns nothing")?;
             let lt = graph.ty(logits).clone();
             let tokens = graph
                 .nodes
                 .iter()
                 .position(|n| matches!(n.op, Op::Input { .. }) && !n.ty.dtype.is_float())
-                .ok_or("`causal_lm` needs a model whose `forward` takes integer token ids")?;
+                .ok_or("the objective needs a model whose `forward` takes integer token ids")?;
             let tt = graph.nodes[tokens].ty.clone();
             if lt.rank() != tt.rank() + 1 || lt.shape[..tt.rank()] != tt.shape[..] {
                 return Err(format!(
-                    "`causal_lm` needs logits [B, T, V] for tokens [B, T]; the model returns {} for {}",
+                    "the objective needs logits [B, T, V] for tokens [B, T]; the model returns {} for {}",
                     lt.shape_text(),
                     tt.shape_text()
                 ));

@@ -41,8 +41,52 @@ impl Corpus {
     }
 }
 
+/// BERT/RoBERTa masking of byte windows: `rate` of the positions are chosen; of those,
+/// 80% become `mask_id`, 10% a random byte and 10% stay, and only chosen positions have a
+/// target (`IGNORE` elsewhere). Bytes are never special, so every position may be chosen.
+pub fn mlm(windows: &[Vec<u32>], rate: f64, mask_id: u32, rng: &mut Rng) -> (Vec<Vec<u32>>, Vec<Vec<i64>>) {
+    let mut inputs = windows.to_vec();
+    let mut targets = vec![Vec::new(); windows.len()];
+    for (w, (input, target)) in windows.iter().zip(inputs.iter_mut().zip(targets.iter_mut())) {
+        for (i, &tok) in w.iter().enumerate() {
+            if rng.uniform() >= rate {
+                target.push(crate::tokens::IGNORE);
+                continue;
+            }
+            target.push(tok as i64);
+            let r = rng.uniform();
+            if r < 0.8 {
+                input[i] = mask_id;
+            } else if r < 0.9 {
+                input[i] = rng.below(crate::tokens::BYTES as u64) as u32;
+            }
+        }
+    }
+    (inputs, targets)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mlm_masks_the_declared_shares() {
+        let windows = vec![(0..200u32).map(|i| i % 256).collect::<Vec<_>>(); 50];
+        let mut rng = Rng::new(3);
+        let (inputs, targets) = mlm(&windows, 0.15, crate::tokens::MASK, &mut rng);
+        let chosen: usize = targets.iter().flatten().filter(|&&t| t != crate::tokens::IGNORE).count();
+        let masked: usize = inputs.iter().flatten().filter(|&&t| t == crate::tokens::MASK).count();
+        let n = 50.0 * 200.0;
+        assert!((chosen as f64 / n - 0.15).abs() < 0.01, "{chosen}");
+        assert!((masked as f64 / chosen as f64 - 0.8).abs() < 0.03, "{masked}");
+        // Unchosen positions keep their byte and have no target.
+        for ((w, i), t) in windows.iter().flatten().zip(inputs.iter().flatten()).zip(targets.iter().flatten()) {
+            if *t == crate::tokens::IGNORE {
+                assert_eq!(w, i);
+            } else {
+                assert_eq!(*t, *w as i64);
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

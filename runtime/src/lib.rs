@@ -11,3 +11,4 @@ pub mod init;
 pub mod optim;
 pub mod rng;
 pub mod schedule;
+pub mod tokens;
