@@ -191,7 +191,7 @@ const INTERPRETER_PARAM_LIMIT: u64 = 50_000_000;
 
 /// `modelc run`: one forward pass of a recipe's model, with freshly initialised
 /// parameters, on a batch of the built-in corpus; prints the loss.
-pub fn run(path: &Path, target: &Target, seed: Option<u64>, report: &Reporter) -> i32 {
+pub fn run(path: &Path, target: &Target, seed: Option<u64>, checkpoint: Option<&Path>, report: &Reporter) -> i32 {
     use modelc_compiler::interp;
     let Some(mut program) = load_program(path, report) else {
         return EXIT_INPUT;
@@ -229,7 +229,27 @@ pub fn run(path: &Path, target: &Target, seed: Option<u64>, report: &Reporter) -
         }
     };
     let seed = seed.unwrap_or(w.seed);
-    let params = crate::train::init_params(&instance, seed);
+    // Trained parameters from a checkpoint (a safetensors file, or the latest in a run's
+    // directory), or fresh ones.
+    let params = match checkpoint {
+        None => crate::train::init_params(&instance, seed),
+        Some(p) => {
+            let loaded = if p.is_dir() {
+                crate::train::latest_checkpoint(p).map(|(_, params, _, _)| params)
+            } else {
+                modelc_runtime::checkpoint::load(p).map(|t| {
+                    t.into_iter().map(|(k, (s, d))| (k, modelc_compiler::interp::tensor::Tensor::new(s, d))).collect()
+                })
+            };
+            match loaded {
+                Ok(params) => params,
+                Err(why) => {
+                    report.plain_error(&why);
+                    return EXIT_INPUT;
+                }
+            }
+        }
+    };
     // One batch of the recipe's objective from the built-in corpus.
     let (b, t) = (w.batch.max(1) as usize, w.seq.max(1) as usize);
     let corpus = modelc_runtime::data::Corpus::builtin();
@@ -268,6 +288,7 @@ pub fn run(path: &Path, target: &Target, seed: Option<u64>, report: &Reporter) -
 /// interpreter, writing `DIR/metrics.jsonl` (one object per step).
 /// How `modelc train` was asked to run, beyond the target.
 pub struct TrainArgs<'a> {
+    pub data: Option<&'a Path>,
     pub steps: Option<u64>,
     pub out: Option<&'a Path>,
     pub seed: Option<u64>,
@@ -349,6 +370,14 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
         report.plain_error("the model takes no token ids");
         return EXIT_UNSUPPORTED;
     };
+    let corpus = match args.data.map(modelc_runtime::data::Corpus::from_file) {
+        None => modelc_runtime::data::Corpus::builtin(),
+        Some(Ok(c)) => c,
+        Some(Err(why)) => {
+            report.plain_error(&why);
+            return EXIT_INPUT;
+        }
+    };
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let dir = out.or(args.resume).map(Path::to_path_buf).unwrap_or_else(|| {
         std::path::PathBuf::from("runs").join(format!("{stem}-{}", target.recipe.as_deref().unwrap_or("tiny")))
@@ -427,6 +456,7 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
         start_step,
         checkpoint_every: every,
         out_dir: dir.clone(),
+        corpus,
     };
     match crate::train::train(run, &mut metrics, (steps / 20).max(1)) {
         Ok(_) => {

@@ -99,6 +99,9 @@ enum Command {
         /// Seed for the parameters and the batch (default: the recipe's).
         #[arg(long)]
         seed: Option<u64>,
+        /// Parameters from a checkpoint: a safetensors file, or a run directory (its latest).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
     },
     /// Train a recipe's model on the built-in corpus: `DIR/metrics.jsonl` per step.
     Train {
@@ -108,6 +111,9 @@ enum Command {
         /// Optimizer steps (default: the recipe's `steps`).
         #[arg(long)]
         steps: Option<u64>,
+        /// Train on this text file (bytes) instead of the built-in corpus.
+        #[arg(long)]
+        data: Option<PathBuf>,
         /// Output directory (default: `runs/FILE-RECIPE`).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -158,10 +164,18 @@ fn main() {
         Command::Inspect { file, target, batch, seq, json } => {
             commands::inspect(&file, &target.target(), (batch, seq), json, &report)
         }
-        Command::Run { file, target, seed } => commands::run(&file, &target.target(), seed, &report),
-        Command::Train { file, target, steps, out, seed, checkpoint_every, resume } => {
-            let args =
-                commands::TrainArgs { steps, out: out.as_deref(), seed, checkpoint_every, resume: resume.as_deref() };
+        Command::Run { file, target, seed, checkpoint } => {
+            commands::run(&file, &target.target(), seed, checkpoint.as_deref(), &report)
+        }
+        Command::Train { file, target, steps, data, out, seed, checkpoint_every, resume } => {
+            let args = commands::TrainArgs {
+                data: data.as_deref(),
+                steps,
+                out: out.as_deref(),
+                seed,
+                checkpoint_every,
+                resume: resume.as_deref(),
+            };
             commands::train(&file, &target.target(), &args, &report)
         }
         Command::Generate { .. } => commands::not_implemented("`modelc generate`", &report),

@@ -199,6 +199,7 @@ pub struct Run<'a> {
     /// Write a checkpoint every this many steps (and always after the last).
     pub checkpoint_every: Option<u64>,
     pub out_dir: std::path::PathBuf,
+    pub corpus: modelc_runtime::data::Corpus,
 }
 
 /// Rounds to f32: master weights and optimizer state are f32, as checkpoints store them.
@@ -256,8 +257,16 @@ pub fn latest_checkpoint(
 /// Trains, writing one JSON object per step to `metrics`, and a progress line to stderr
 /// every `every` steps. Returns the final parameters.
 pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMap<String, Tensor>, String> {
-    let corpus = modelc_runtime::data::Corpus::builtin();
     let (b, t) = (run.batch, run.seq);
+    // A progress bar on a terminal, plain lines in logs.
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = indicatif::ProgressBar::new(run.steps);
+        bar.set_position(run.start_step - 1);
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]") {
+            bar.set_style(style);
+        }
+        bar
+    });
     round_f32(&mut run.params);
     for step in run.start_step..=run.steps {
         let started = std::time::Instant::now();
@@ -265,7 +274,7 @@ pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMa
         let (mut loss, mut extras) = (0.0, Vec::<(String, f64)>::new());
         for micro in 0..run.accumulate {
             let index = (step - 1) * run.accumulate as u64 + micro as u64;
-            let (tokens, targets) = run.batches.batch(&corpus, b, t, run.seed, index);
+            let (tokens, targets) = run.batches.batch(&run.corpus, b, t, run.seed, index);
             let inputs = HashMap::from([(run.token_input.clone(), tokens), ("targets".to_string(), targets)]);
             // Dropout masks differ per step and micro-step, and replay in the backward.
             let options = interp::Options {
@@ -315,12 +324,22 @@ pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMa
             line[name] = serde_json::json!(v);
         }
         writeln!(metrics, "{line}").map_err(|e| format!("writing metrics: {e}"))?;
-        if step == 1 || step % every == 0 || step == run.steps {
-            eprintln!(
-                "step {step:>5}/{}  loss {loss:.4}  lr {lr:.2e}  grad_norm {grad_norm:.3}  {tokens_per_s:.0} tokens/s",
-                run.steps
-            );
+        match &bar {
+            Some(bar) => {
+                bar.set_message(format!("loss {loss:.4}  {tokens_per_s:.0} tokens/s"));
+                bar.set_position(step);
+            }
+            None if step == 1 || step % every == 0 || step == run.steps => {
+                eprintln!(
+                    "step {step:>5}/{}  loss {loss:.4}  lr {lr:.2e}  grad_norm {grad_norm:.3}  {tokens_per_s:.0} tokens/s",
+                    run.steps
+                );
+            }
+            None => {}
         }
+    }
+    if let Some(bar) = bar {
+        bar.finish();
     }
     Ok(run.params)
 }

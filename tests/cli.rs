@@ -255,5 +255,20 @@ fn resume_continues_bit_identically() {
     let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
     let header = String::from_utf8_lossy(&bytes[8..8 + header_len]);
     assert!(header.contains("\"blocks.1.attn.wq.weight\"") && header.contains("F32"), "{header}");
+    // `run --checkpoint` evaluates trained parameters: better than an untrained model.
+    let out = modelc(&["run", "examples/llama.model", "--recipe", "tiny", "--checkpoint", &b_s]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let loss: f64 = text.split_whitespace().nth(1).and_then(|l| l.parse().ok()).expect("`loss X` first");
+    assert!(loss < 256f64.ln() - 0.05, "{text}");
+    // `--data` trains on a user's file; a missing one is an error.
+    let data = base.join("text.txt");
+    std::fs::write(&data, "abcabcabc ".repeat(200)).expect("write");
+    let d_s = data.to_string_lossy().into_owned();
+    let c_s = base.join("c").to_string_lossy().into_owned();
+    train(&["--steps", "2", "--data", &d_s, "--out", &c_s]);
+    let missing = modelc(&["train", "examples/llama.model", "--steps", "2", "--data", "no/such.txt", "--out", &c_s]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).contains("cannot read `no/such.txt`"), "{}", stderr(&missing));
     let _ = std::fs::remove_dir_all(&base);
 }

@@ -27,6 +27,15 @@ impl Corpus {
         Corpus { tokens: bytes(BUILTIN) }
     }
 
+    /// A user's text file (`--data PATH`), through the byte tokenizer.
+    pub fn from_file(path: &std::path::Path) -> Result<Corpus, String> {
+        let raw = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        if raw.len() < 2 {
+            return Err(format!("`{}` has too little text to train on", path.display()));
+        }
+        Ok(Corpus { tokens: raw.into_iter().map(u32::from).collect() })
+    }
+
     /// `batch` windows of `len` consecutive tokens, at positions drawn from `(seed, step)`:
     /// the same step of the same seed always reads the same text.
     pub fn batch(&self, batch: usize, len: usize, seed: u64, step: u64) -> Vec<Vec<u32>> {

@@ -133,7 +133,8 @@ pub fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
     (shape[..axis].iter().product(), shape[axis], shape[axis + 1..].iter().product())
 }
 
-/// Batched matrix product with broadcast batch dims; the shape rule checked the shapes.
+/// Batched matrix product with broadcast batch dims (through `matrixmultiply`'s dgemm);
+/// the shape rule checked the shapes.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Tensor {
     let (ra, rb) = (a.rank(), b.rank());
     let (m, k, n) = (a.shape[ra - 2], a.shape[ra - 1], b.shape[rb - 1]);
@@ -145,18 +146,29 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Tensor {
     let mut data = vec![0.0; shape.iter().product()];
     for (bi, (&pa, &pb)) in ia.iter().zip(&ib).enumerate() {
         let (a0, b0, c0) = (pa * m * k, pb * k * n, bi * m * n);
-        for i in 0..m {
-            for p in 0..k {
-                let av = a.data[a0 + i * k + p];
-                if av == 0.0 {
-                    continue;
-                }
-                let brow = &b.data[b0 + p * n..b0 + p * n + n];
-                let crow = &mut data[c0 + i * n..c0 + i * n + n];
-                for (c, bv) in crow.iter_mut().zip(brow) {
-                    *c += av * bv;
-                }
-            }
+        if m == 0 || n == 0 || k == 0 {
+            continue;
+        }
+        let (a, b, c) = (&a.data[a0..a0 + m * k], &b.data[b0..b0 + k * n], &mut data[c0..c0 + m * n]);
+        // SAFETY: the slices hold exactly m×k, k×n and m×n row-major elements, and the
+        // strides below describe that layout, so every access is in bounds.
+        unsafe {
+            matrixmultiply::dgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                k as isize,
+                1,
+                b.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            );
         }
     }
     Tensor::new(shape, data)
