@@ -255,17 +255,14 @@ pub fn run(path: &Path, target: &Target, seed: Option<u64>, checkpoint: Option<&
     let corpus = modelc_runtime::data::Corpus::builtin();
     let objective_entry = w.entries.iter().find(|(k, _)| k == "objective").map(|(_, v)| v);
     let (tokens, targets) = crate::train::Batches::from_recipe(objective_entry).batch(&corpus, b, t, seed, 0);
-    let token_input = graph.nodes.iter().find_map(|n| match &n.op {
-        modelc_compiler::graph::op::Op::Input { name } if name != "targets" && !n.ty.dtype.is_float() => {
-            Some(name.clone())
-        }
-        _ => None,
-    });
-    let Some(token_input) = token_input else {
+    let names = crate::train::token_inputs(&graph);
+    if names.is_empty() {
         report.plain_error("the model takes no token ids");
         return EXIT_UNSUPPORTED;
-    };
-    let inputs = std::collections::HashMap::from([(token_input, tokens), ("targets".to_string(), targets)]);
+    }
+    let mut inputs: std::collections::HashMap<String, modelc_compiler::interp::tensor::Tensor> =
+        names.into_iter().zip(tokens).collect();
+    inputs.insert("targets".to_string(), targets);
     let options = interp::Options { precision: interp::Precision::Native, training: false, seed };
     match interp::run(&graph, &inputs, &params, &options) {
         Ok(values) => {
@@ -360,16 +357,11 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
         Some(Value::Int(c)) => Some(*c as f64),
         _ => None,
     };
-    let token_input = graph.nodes.iter().find_map(|n| match &n.op {
-        modelc_compiler::graph::op::Op::Input { name } if name != "targets" && !n.ty.dtype.is_float() => {
-            Some(name.clone())
-        }
-        _ => None,
-    });
-    let Some(token_input) = token_input else {
+    let token_inputs = crate::train::token_inputs(&graph);
+    if token_inputs.is_empty() {
         report.plain_error("the model takes no token ids");
         return EXIT_UNSUPPORTED;
-    };
+    }
     let corpus = match args.data.map(modelc_runtime::data::Corpus::from_file) {
         None => modelc_runtime::data::Corpus::builtin(),
         Some(Ok(c)) => c,
@@ -451,7 +443,7 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
         batch: w.batch.max(1) as usize,
         seq: w.seq.max(1) as usize,
         seed,
-        token_input,
+        token_inputs,
         batches: crate::train::Batches::from_recipe(entry("objective")),
         start_step,
         checkpoint_every: every,

@@ -131,6 +131,8 @@ pub enum Batches {
     CausalLm,
     /// Windows of `T` tokens, masked; `dynamic` redraws the positions at every batch.
     Mlm { rate: f64, dynamic: bool, mask_id: u32 },
+    /// Windows of `T` tokens with spans cut out: encoder input, decoder input, targets.
+    SpanCorruption { noise: f64, mean_span: f64, first_sentinel: u32, sentinels: u32 },
 }
 
 impl Batches {
@@ -145,11 +147,21 @@ impl Batches {
             Some(Value::Symbol(name)) if name == "mlm" => {
                 Batches::Mlm { rate: 0.15, dynamic: true, mask_id: modelc_runtime::tokens::MASK }
             }
+            Some(v @ Value::Call { name, .. }) if name == "span_corruption" => {
+                let f = |k: &str| named(v, k).and_then(|x| num(&x));
+                Batches::SpanCorruption {
+                    noise: f("noise").unwrap_or(0.15),
+                    mean_span: f("mean_span").unwrap_or(3.0),
+                    first_sentinel: f("first_sentinel").map_or(modelc_runtime::tokens::FIRST_SENTINEL, |x| x as u32),
+                    sentinels: f("sentinels").map_or(32, |x| x as u32),
+                }
+            }
             _ => Batches::CausalLm,
         }
     }
 
-    /// Inputs and targets `[B, T]` of batch number `index`.
+    /// The model's integer inputs (in `forward` order) and the targets `[B, T]` of batch
+    /// number `index`.
     pub fn batch(
         &self,
         corpus: &modelc_runtime::data::Corpus,
@@ -157,14 +169,14 @@ impl Batches {
         t: usize,
         seed: u64,
         index: u64,
-    ) -> (Tensor, Tensor) {
+    ) -> (Vec<Tensor>, Tensor) {
         let tensor = |rows: Vec<Vec<f64>>| Tensor::new(vec![b, t], rows.into_iter().flatten().collect());
         match self {
             Batches::CausalLm => {
                 let windows = corpus.batch(b, t + 1, seed, index);
                 let inputs = windows.iter().map(|w| w[..t].iter().map(|&x| x as f64).collect()).collect();
                 let targets = windows.iter().map(|w| w[1..].iter().map(|&x| x as f64).collect()).collect();
-                (tensor(inputs), tensor(targets))
+                (vec![tensor(inputs)], tensor(targets))
             }
             Batches::Mlm { rate, dynamic, mask_id } => {
                 let windows = corpus.batch(b, t, seed, index);
@@ -173,10 +185,43 @@ impl Batches {
                 let (inputs, targets) = modelc_runtime::data::mlm(&windows, *rate, *mask_id, &mut rng);
                 let inputs = inputs.iter().map(|w| w.iter().map(|&x| x as f64).collect()).collect();
                 let targets = targets.iter().map(|w| w.iter().map(|&x| x as f64).collect()).collect();
-                (tensor(inputs), tensor(targets))
+                (vec![tensor(inputs)], tensor(targets))
+            }
+            Batches::SpanCorruption { noise, mean_span, first_sentinel, sentinels } => {
+                let windows = corpus.batch(b, t, seed, index);
+                let mut rng = modelc_runtime::rng::Rng::for_name(seed, &format!("spans/{index}"));
+                let (mut src, mut dec, mut tgt) = (Vec::new(), Vec::new(), Vec::new());
+                for w in &windows {
+                    let (s, d, g) = modelc_runtime::data::span_corruption(
+                        w,
+                        *noise,
+                        *mean_span,
+                        *first_sentinel,
+                        *sentinels,
+                        &mut rng,
+                    );
+                    src.push(s.iter().map(|&x| x as f64).collect());
+                    dec.push(d.iter().map(|&x| x as f64).collect());
+                    tgt.push(g.iter().map(|&x| x as f64).collect());
+                }
+                (vec![tensor(src), tensor(dec)], tensor(tgt))
             }
         }
     }
+}
+
+/// The graph's integer inputs other than the targets, in order.
+pub fn token_inputs(graph: &Graph) -> Vec<String> {
+    graph
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            modelc_compiler::graph::op::Op::Input { name } if name != "targets" && !n.ty.dtype.is_float() => {
+                Some(name.clone())
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Everything one training run needs.
@@ -191,8 +236,8 @@ pub struct Run<'a> {
     pub batch: usize,
     pub seq: usize,
     pub seed: u64,
-    /// The forward's integer token input.
-    pub token_input: String,
+    /// The forward's integer inputs, in order (tokens; or encoder and decoder tokens).
+    pub token_inputs: Vec<String>,
     pub batches: Batches,
     /// The first step to run: 1, or the step after a resumed checkpoint.
     pub start_step: u64,
@@ -275,7 +320,8 @@ pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMa
         for micro in 0..run.accumulate {
             let index = (step - 1) * run.accumulate as u64 + micro as u64;
             let (tokens, targets) = run.batches.batch(&run.corpus, b, t, run.seed, index);
-            let inputs = HashMap::from([(run.token_input.clone(), tokens), ("targets".to_string(), targets)]);
+            let mut inputs: HashMap<String, Tensor> = run.token_inputs.iter().cloned().zip(tokens).collect();
+            inputs.insert("targets".to_string(), targets);
             // Dropout masks differ per step and micro-step, and replay in the backward.
             let options = interp::Options {
                 precision: interp::Precision::Native,

@@ -15,6 +15,9 @@ pub enum Objective {
     /// Masked-language modelling: the same loss, against the original tokens at the masked
     /// positions (the data pipeline corrupts the input and sets the other targets to -100).
     Mlm,
+    /// T5 span corruption: the decoder's logits against the spans cut from the encoder's
+    /// input, each after its sentinel.
+    SpanCorruption,
 }
 
 impl Objective {
@@ -23,7 +26,7 @@ impl Objective {
         match name {
             "causal_lm" => Ok(Objective::CausalLm),
             "mlm" => Ok(Objective::Mlm),
-            "span_corruption" => Err(format!("the `{name}` objective is not implemented yet")),
+            "span_corruption" => Ok(Objective::SpanCorruption),
             other => Err(format!("unknown objective `{other}`; objectives are causal_lm, mlm and span_corruption")),
         }
     }
@@ -33,22 +36,14 @@ impl Objective {
 pub fn apply(mut graph: Graph, objective: Objective) -> Result<Graph, String> {
     match objective {
         // Token cross-entropy: what differs between the two is the data, not the graph.
-        Objective::CausalLm | Objective::Mlm => {
+        Objective::CausalLm | Objective::Mlm | Objective::SpanCorruption => {
             let logits = *graph.outputs.first().ok_or("the model returns nothing")?;
             let lt = graph.ty(logits).clone();
-            let tokens = graph
-                .nodes
-                .iter()
-                .position(|n| matches!(n.op, Op::Input { .. }) && !n.ty.dtype.is_float())
-                .ok_or("the objective needs a model whose `forward` takes integer token ids")?;
-            let tt = graph.nodes[tokens].ty.clone();
-            if lt.rank() != tt.rank() + 1 || lt.shape[..tt.rank()] != tt.shape[..] {
-                return Err(format!(
-                    "the objective needs logits [B, T, V] for tokens [B, T]; the model returns {} for {}",
-                    lt.shape_text(),
-                    tt.shape_text()
-                ));
+            // Integer targets shaped like the logits without their last axis.
+            if lt.rank() < 2 {
+                return Err(format!("the objective needs logits [..., V], the model returns {}", lt.shape_text()));
             }
+            let tt = TensorType::new(DType::I32, lt.shape[..lt.rank() - 1].to_vec());
             let n = tt.numel();
             let v = lt.shape.last().cloned().unwrap_or_else(|| Dim::constant(1));
             let targets = graph.push(Op::Input { name: "targets".into() }, Vec::new(), tt.clone(), "objective");

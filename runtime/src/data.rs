@@ -74,8 +74,87 @@ pub fn mlm(windows: &[Vec<u32>], rate: f64, mask_id: u32, rng: &mut Rng) -> (Vec
     (inputs, targets)
 }
 
+/// `m` positive lengths summing to `total`, cut at random.
+fn segment(total: usize, m: usize, rng: &mut Rng) -> Vec<usize> {
+    let m = m.clamp(1, total.max(1));
+    let mut cuts: Vec<usize> = Vec::new();
+    while cuts.len() < m - 1 {
+        let c = 1 + rng.below(total.saturating_sub(1).max(1) as u64) as usize;
+        if !cuts.contains(&c) {
+            cuts.push(c);
+        }
+    }
+    cuts.sort_unstable();
+    let mut out = Vec::with_capacity(m);
+    let mut prev = 0;
+    for c in cuts.into_iter().chain([total]) {
+        out.push(c - prev);
+        prev = c;
+    }
+    out
+}
+
+/// T5 span corruption of one window: `noise` of the tokens, in spans of mean length
+/// `mean_span`, are cut out. The encoder input keeps the rest with sentinel `i` where span
+/// `i` was; the target is every sentinel followed by its span. Returns (encoder input,
+/// decoder input = target shifted right after a start token 0, target), each padded to the
+/// window's length (inputs with 0, targets with `IGNORE`).
+pub fn span_corruption(
+    window: &[u32],
+    noise: f64,
+    mean_span: f64,
+    first_sentinel: u32,
+    sentinels: u32,
+    rng: &mut Rng,
+) -> (Vec<u32>, Vec<u32>, Vec<i64>) {
+    let len = window.len();
+    let n_noise = ((len as f64 * noise).round() as usize).clamp(1, len.saturating_sub(1).max(1));
+    let spans = ((n_noise as f64 / mean_span).round() as usize).clamp(1, (sentinels as usize).min(n_noise));
+    let noise_lens = segment(n_noise, spans, rng);
+    let keep_lens = segment(len - n_noise, spans, rng);
+    let (mut src, mut tgt) = (Vec::with_capacity(len), Vec::with_capacity(len));
+    let mut at = 0;
+    for (i, (&k, &n)) in keep_lens.iter().zip(&noise_lens).enumerate() {
+        src.extend_from_slice(&window[at..at + k]);
+        at += k;
+        let sentinel = first_sentinel + i as u32;
+        src.push(sentinel);
+        tgt.push(sentinel);
+        tgt.extend_from_slice(&window[at..at + n]);
+        at += n;
+    }
+    src.extend_from_slice(&window[at..]);
+    src.truncate(len);
+    tgt.truncate(len);
+    let mut dec = vec![0u32];
+    dec.extend_from_slice(&tgt[..tgt.len().saturating_sub(1)]);
+    let mut targets: Vec<i64> = tgt.iter().map(|&t| t as i64).collect();
+    src.resize(len, 0);
+    dec.resize(len, 0);
+    targets.resize(len, crate::tokens::IGNORE);
+    (src, dec, targets)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn span_corruption_keeps_every_token_once_and_marks_spans_with_sentinels() {
+        let window: Vec<u32> = (0..64u32).collect();
+        let mut rng = Rng::new(5);
+        let (src, dec, tgt) = span_corruption(&window, 0.15, 3.0, 256, 32, &mut rng);
+        assert_eq!((src.len(), dec.len(), tgt.len()), (64, 64, 64));
+        // Every original token is in exactly one of the two streams.
+        let mut seen: Vec<u32> = src.iter().copied().filter(|&t| t < 256 && t != 0).collect();
+        seen.extend(tgt.iter().filter(|&&t| (1..256).contains(&t)).map(|&t| t as u32));
+        seen.sort_unstable();
+        assert_eq!(seen, (1..64).collect::<Vec<_>>());
+        // The sentinels come in order in both, and the decoder input is the target shifted.
+        let sents: Vec<u32> = src.iter().copied().filter(|&t| t >= 256).collect();
+        assert!(!sents.is_empty() && sents.iter().enumerate().all(|(i, &s)| s == 256 + i as u32));
+        assert_eq!(dec[0], 0);
+        assert_eq!(dec[1] as i64, tgt[0]);
+    }
+
     #[test]
     fn mlm_masks_the_declared_shares() {
         let windows = vec![(0..200u32).map(|i| i % 256).collect::<Vec<_>>(); 50];
