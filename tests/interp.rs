@@ -157,3 +157,66 @@ fn f32_runs_agree_with_the_f64_oracle_on_every_example() {
         }
     }
 }
+
+/// The worked example: 5 tokens, 3 experts, top-1, router probabilities given;
+/// Σ f_i P_i = 0.432, so E · Σ f_i P_i = 1.296.
+#[test]
+fn moe_balance_matches_the_worked_example() {
+    let graph = compile(
+        "t.model",
+        "model M() {\n  forward(logits: [5, 3]) -> [] {\n    return moe_balance(moe_route(logits, k: 1, capacity: none))\n  }\n}\n",
+        None,
+    );
+    let probs = [[0.7, 0.2, 0.1], [0.8, 0.1, 0.1], [0.2, 0.6, 0.2], [0.3, 0.3, 0.4], [0.9, 0.05, 0.05]];
+    // Logits whose softmax is exactly these probabilities.
+    let logits = Tensor::new(vec![5, 3], probs.iter().flatten().map(|p: &f64| p.ln()).collect());
+    let out = run_all(&graph, &HashMap::from([("logits".into(), logits)]), &HashMap::new(), Precision::F64);
+    assert!((out[0].data[0] - 1.296).abs() < 1e-12, "{}", out[0].data[0]);
+}
+
+/// Routing against a naive per-token loop written here: top-2 of 6 tokens over 3 experts
+/// with one slot per expert (capacity 0.25), so later assignments are dropped.
+#[test]
+fn moe_routing_matches_a_naive_per_token_loop() {
+    let graph = compile(
+        "t.model",
+        "model M() {\n  forward(logits: [6, 3], x: [6, 2]) -> [6, 2] {\n    route = moe_route(logits, k: 2, capacity: 0.25)\n    return moe_combine(route, moe_dispatch(route, x) * 2.0)\n  }\n}\n",
+        None,
+    );
+    let mut rng = Lcg(21);
+    let logits: Vec<f64> = (0..18).map(|_| 2.0 * rng.next()).collect();
+    let x: Vec<f64> = (0..12).map(|_| rng.next()).collect();
+    // C = ceil(0.25 · 2 · 6 / 3) = 1. First choices in token order, then second choices.
+    let cap = 1;
+    let mut used = [0usize; 3];
+    let mut want = vec![0.0; 12];
+    let prefs: Vec<Vec<(usize, f64)>> = (0..6)
+        .map(|t| {
+            let row = &logits[t * 3..t * 3 + 3];
+            let z: f64 = row.iter().map(|l| l.exp()).sum();
+            let mut p: Vec<(usize, f64)> = row.iter().map(|l| l.exp() / z).enumerate().collect();
+            p.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let top = &p[..2];
+            let s = top[0].1 + top[1].1;
+            top.iter().map(|&(e, w)| (e, w / s)).collect()
+        })
+        .collect();
+    for rank in 0..2 {
+        for t in 0..6 {
+            let (e, w) = prefs[t][rank];
+            if used[e] < cap {
+                used[e] += 1;
+                for j in 0..2 {
+                    want[t * 2 + j] += w * 2.0 * x[t * 2 + j];
+                }
+            }
+        }
+    }
+    let ins =
+        HashMap::from([("logits".into(), Tensor::new(vec![6, 3], logits)), ("x".into(), Tensor::new(vec![6, 2], x))]);
+    let out = run_all(&graph, &ins, &HashMap::new(), Precision::F64);
+    for (a, b) in out[0].data.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    }
+    assert!(want.iter().filter(|&&v| v == 0.0).count() >= 2, "some assignments should be dropped");
+}

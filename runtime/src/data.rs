@@ -126,7 +126,7 @@ pub fn span_corruption(
     src.extend_from_slice(&window[at..]);
     src.truncate(len);
     tgt.truncate(len);
-    let mut dec = vec![0u32];
+    let mut dec = vec![crate::tokens::DECODER_START];
     dec.extend_from_slice(&tgt[..tgt.len().saturating_sub(1)]);
     let mut targets: Vec<i64> = tgt.iter().map(|&t| t as i64).collect();
     src.resize(len, 0);
