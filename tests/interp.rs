@@ -201,9 +201,10 @@ fn moe_routing_matches_a_naive_per_token_loop() {
             top.iter().map(|&(e, w)| (e, w / s)).collect()
         })
         .collect();
-    for rank in 0..2 {
-        for t in 0..6 {
-            let (e, w) = prefs[t][rank];
+    // Every token's first choice in token order, then every second choice.
+    for rank in [0, 1] {
+        for (t, choices) in prefs.iter().enumerate() {
+            let (e, w) = choices[rank];
             if used[e] < cap {
                 used[e] += 1;
                 for j in 0..2 {
