@@ -189,25 +189,25 @@ pub enum Stage {
 /// minutes and gigabytes, which is the compiled backends' job.
 const INTERPRETER_PARAM_LIMIT: u64 = 50_000_000;
 
-/// `modelc run`: one forward pass of a recipe's model, with freshly initialised
-/// parameters, on a batch of the built-in corpus; prints the loss.
-pub fn run(path: &Path, target: &Target, seed: Option<u64>, checkpoint: Option<&Path>, report: &Reporter) -> i32 {
-    use modelc_compiler::interp;
-    let Some(mut program) = load_program(path, report) else {
-        return EXIT_INPUT;
-    };
-    let built = modelc_compiler::instantiate(&mut program, target).and_then(|instance| {
-        let graph = modelc_compiler::elab::forward::elaborate(&program, &instance)?;
-        let w = modelc_compiler::workload(&program, target, None, None)?;
+/// What `run` and `train` execute: the recipe's model instance, its graph with the
+/// objective appended (and, for training, its backward pass), and the recipe's workload.
+/// `None` after reporting why not (exit code in the error).
+fn interpreter_graph(
+    program: &mut Program,
+    target: &Target,
+    differentiate: bool,
+    report: &Reporter,
+) -> Result<(modelc_compiler::elab::instance::Instance, modelc_compiler::graph::Graph, modelc_compiler::Workload), i32>
+{
+    let built = modelc_compiler::instantiate(program, target).and_then(|instance| {
+        let graph = modelc_compiler::elab::forward::elaborate(program, &instance)?;
+        let w = modelc_compiler::workload(program, target, None, None)?;
         Ok((instance, graph, w))
     });
-    let (instance, graph, w) = match built {
-        Ok(b) => b,
-        Err(e) => {
-            report_compile_error(&e, &program, report);
-            return EXIT_INPUT;
-        }
-    };
+    let (instance, graph, w) = built.map_err(|e| {
+        report_compile_error(&e, program, report);
+        EXIT_INPUT
+    })?;
     let total = instance.param_count();
     if total > INTERPRETER_PARAM_LIMIT {
         report.plain_error(&format!(
@@ -216,18 +216,32 @@ pub fn run(path: &Path, target: &Target, seed: Option<u64>, checkpoint: Option<&
             inspect::thousands(total),
             inspect::thousands(INTERPRETER_PARAM_LIMIT)
         ));
-        return EXIT_UNSUPPORTED;
+        return Err(EXIT_UNSUPPORTED);
     }
     let objective = w.objective.as_deref().unwrap_or("causal_lm");
-    let graph = match modelc_compiler::objective::Objective::parse(objective)
+    let graph = modelc_compiler::objective::Objective::parse(objective)
         .and_then(|o| modelc_compiler::objective::apply(graph, o))
-    {
-        Ok(g) => g,
-        Err(why) => {
+        .and_then(|g| if differentiate { modelc_compiler::autodiff::differentiate(g) } else { Ok(g) })
+        .map_err(|why| {
             report.plain_error(&why);
-            return EXIT_UNSUPPORTED;
-        }
+            EXIT_UNSUPPORTED
+        })?;
+    Ok((instance, graph, w))
+}
+
+/// `modelc run`: one forward pass of a recipe's model, with freshly initialised
+/// parameters, on a batch of the built-in corpus; prints the loss.
+pub fn run(path: &Path, target: &Target, seed: Option<u64>, checkpoint: Option<&Path>, report: &Reporter) -> i32 {
+    use modelc_compiler::interp;
+    let Some(mut program) = load_program(path, report) else {
+        return EXIT_INPUT;
     };
+    let (instance, graph, w) = match interpreter_graph(&mut program, target, false, report) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let total = instance.param_count();
+    let objective = w.objective.clone().unwrap_or_else(|| "causal_lm".into());
     let seed = seed.unwrap_or(w.seed);
     // Trained parameters from a checkpoint (a safetensors file, or the latest in a run's
     // directory), or fresh ones.
@@ -303,28 +317,11 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
     if target.recipe.is_none() {
         target.recipe = Some("tiny".to_string());
     }
-    let built = modelc_compiler::instantiate(&mut program, &target).and_then(|instance| {
-        let graph = modelc_compiler::elab::forward::elaborate(&program, &instance)?;
-        let w = modelc_compiler::workload(&program, &target, None, None)?;
-        Ok((instance, graph, w))
-    });
-    let (instance, graph, w) = match built {
-        Ok(b) => b,
-        Err(e) => {
-            report_compile_error(&e, &program, report);
-            return EXIT_INPUT;
-        }
+    let (instance, graph, w) = match interpreter_graph(&mut program, &target, true, report) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     let total = instance.param_count();
-    if total > INTERPRETER_PARAM_LIMIT {
-        report.plain_error(&format!(
-            "`{}` has {} parameters, too many for the reference interpreter (at most {})",
-            instance.block_name,
-            inspect::thousands(total),
-            inspect::thousands(INTERPRETER_PARAM_LIMIT)
-        ));
-        return EXIT_UNSUPPORTED;
-    }
     let entry = |key: &str| w.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v);
     let int = |key: &str| match entry(key) {
         Some(Value::Int(i)) => Some(*i),
@@ -332,17 +329,6 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
     };
     let steps = steps.or(int("steps").map(|s| s.max(0) as u64)).unwrap_or(100);
     let seed = seed.unwrap_or(w.seed);
-    let objective = w.objective.as_deref().unwrap_or("causal_lm");
-    let graph = match modelc_compiler::objective::Objective::parse(objective)
-        .and_then(|o| modelc_compiler::objective::apply(graph, o))
-        .and_then(modelc_compiler::autodiff::differentiate)
-    {
-        Ok(g) => g,
-        Err(why) => {
-            report.plain_error(&why);
-            return EXIT_UNSUPPORTED;
-        }
-    };
     let setup = crate::train::optimizer(entry("optimizer"))
         .and_then(|(opt, peak)| crate::train::schedule(entry("schedule"), peak, steps).map(|s| (opt, s)));
     let (optimizer, schedule) = match setup {
