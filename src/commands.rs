@@ -189,13 +189,24 @@ pub enum Stage {
 /// minutes and gigabytes, which is the compiled backends' job.
 const INTERPRETER_PARAM_LIMIT: u64 = 50_000_000;
 
-/// What `run` and `train` execute: the recipe's model instance, its graph with the
-/// objective appended (and, for training, its backward pass), and the recipe's workload.
+/// What the interpreter's graph computes beyond the model's own outputs.
+#[derive(Clone, Copy, PartialEq)]
+enum GraphFor {
+    /// The model's outputs.
+    Outputs,
+    /// The recipe objective's loss.
+    Loss,
+    /// The loss and its gradients.
+    Training,
+}
+
+/// What `run` and `train` execute: the recipe's model instance, its graph (with the
+/// objective appended and, for training, its backward pass), and the recipe's workload.
 /// `None` after reporting why not (exit code in the error).
 fn interpreter_graph(
     program: &mut Program,
     target: &Target,
-    differentiate: bool,
+    what: GraphFor,
     report: &Reporter,
 ) -> Result<(modelc_compiler::elab::instance::Instance, modelc_compiler::graph::Graph, modelc_compiler::Workload), i32>
 {
@@ -218,10 +229,13 @@ fn interpreter_graph(
         ));
         return Err(EXIT_UNSUPPORTED);
     }
+    if what == GraphFor::Outputs {
+        return Ok((instance, graph, w));
+    }
     let objective = w.objective.as_deref().unwrap_or("causal_lm");
     let graph = modelc_compiler::objective::Objective::parse(objective)
         .and_then(|o| modelc_compiler::objective::apply(graph, o))
-        .and_then(|g| if differentiate { modelc_compiler::autodiff::differentiate(g) } else { Ok(g) })
+        .and_then(|g| if what == GraphFor::Training { modelc_compiler::autodiff::differentiate(g) } else { Ok(g) })
         .map_err(|why| {
             report.plain_error(&why);
             EXIT_UNSUPPORTED
@@ -229,69 +243,181 @@ fn interpreter_graph(
     Ok((instance, graph, w))
 }
 
-/// `modelc run`: one forward pass of a recipe's model, with freshly initialised
-/// parameters, on a batch of the built-in corpus; prints the loss.
-pub fn run(path: &Path, target: &Target, seed: Option<u64>, checkpoint: Option<&Path>, report: &Reporter) -> i32 {
+/// How `modelc run` was asked to run, beyond the target.
+pub struct RunArgs<'a> {
+    pub seed: Option<u64>,
+    /// A modelc checkpoint: a safetensors file or a run directory.
+    pub checkpoint: Option<&'a Path>,
+    /// Another framework's safetensors weights, matched by name (`--weights`).
+    pub weights: Option<&'a Path>,
+    pub tokenizer: Option<&'a Path>,
+    /// Texts to run the model on; none runs the recipe's objective on the built-in corpus.
+    pub texts: &'a [String],
+    pub json: bool,
+}
+
+/// The parameters `run` uses: imported weights, a checkpoint, or fresh ones.
+fn run_params(
+    instance: &modelc_compiler::elab::instance::Instance,
+    args: &RunArgs,
+    seed: u64,
+) -> Result<std::collections::HashMap<String, modelc_compiler::interp::tensor::Tensor>, String> {
+    if let Some(w) = args.weights {
+        return crate::weights::import(instance, w);
+    }
+    let Some(p) = args.checkpoint else {
+        return Ok(crate::train::init_params(instance, seed));
+    };
+    if p.is_dir() {
+        crate::train::latest_checkpoint(p).map(|(_, params, _, _)| params)
+    } else {
+        modelc_runtime::checkpoint::load(p).map(|t| {
+            t.into_iter().map(|(k, (s, d))| (k, modelc_compiler::interp::tensor::Tensor::new(s, d))).collect()
+        })
+    }
+}
+
+/// `modelc run`: one forward pass. With `--text`, the model's output for each text (padded
+/// into one batch with a `bool` mask input, when the model takes one); otherwise the loss
+/// of the recipe's objective on a batch of the built-in corpus.
+pub fn run(path: &Path, target: &Target, args: &RunArgs, report: &Reporter) -> i32 {
     use modelc_compiler::interp;
     let Some(mut program) = load_program(path, report) else {
         return EXIT_INPUT;
     };
-    let (instance, graph, w) = match interpreter_graph(&mut program, target, false, report) {
+    let what = if args.texts.is_empty() { GraphFor::Loss } else { GraphFor::Outputs };
+    let (instance, graph, w) = match interpreter_graph(&mut program, target, what, report) {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let total = instance.param_count();
-    let objective = w.objective.clone().unwrap_or_else(|| "causal_lm".into());
-    let seed = seed.unwrap_or(w.seed);
-    // Trained parameters from a checkpoint (a safetensors file, or the latest in a run's
-    // directory), or fresh ones.
-    let params = match checkpoint {
-        None => crate::train::init_params(&instance, seed),
-        Some(p) => {
-            let loaded = if p.is_dir() {
-                crate::train::latest_checkpoint(p).map(|(_, params, _, _)| params)
-            } else {
-                modelc_runtime::checkpoint::load(p).map(|t| {
-                    t.into_iter().map(|(k, (s, d))| (k, modelc_compiler::interp::tensor::Tensor::new(s, d))).collect()
-                })
-            };
-            match loaded {
-                Ok(params) => params,
-                Err(why) => {
-                    report.plain_error(&why);
-                    return EXIT_INPUT;
-                }
-            }
+    let seed = args.seed.unwrap_or(w.seed);
+    let params = match run_params(&instance, args, seed) {
+        Ok(params) => params,
+        Err(why) => {
+            report.plain_error(&why);
+            return EXIT_INPUT;
         }
     };
-    // One batch of the recipe's objective from the built-in corpus.
+    let inputs = if args.texts.is_empty() {
+        corpus_inputs(&graph, &w, seed)
+    } else {
+        text_inputs(&graph, args.tokenizer, args.texts)
+    };
+    let inputs = match inputs {
+        Ok(inputs) => inputs,
+        Err((why, code)) => {
+            report.plain_error(&why);
+            return code;
+        }
+    };
+    let options = interp::Options { precision: interp::Precision::Native, training: false, seed };
+    let values = match interp::run(&graph, &inputs, &params, &options) {
+        Ok(values) => values,
+        Err(e) => {
+            report.plain_error(&format!("running the model: {e}"));
+            return EXIT_INPUT;
+        }
+    };
+    let out = &values[graph.outputs[0].0 as usize];
+    if !args.texts.is_empty() {
+        print_output(out, args.json);
+        return EXIT_OK;
+    }
+    let loss = out.data[0];
+    if args.json {
+        println!("{}", serde_json::json!({ "loss": loss }));
+    } else {
+        let objective = w.objective.clone().unwrap_or_else(|| "causal_lm".into());
+        println!(
+            "loss {loss:.4} ({objective}, {} x {} tokens of the built-in corpus, {} with {} parameters, seed {seed})",
+            w.batch.max(1),
+            w.seq.max(1),
+            instance.block_name,
+            inspect::thousands(instance.param_count())
+        );
+    }
+    EXIT_OK
+}
+
+type Inputs = std::collections::HashMap<String, modelc_compiler::interp::tensor::Tensor>;
+
+/// One batch of the recipe's objective from the built-in corpus, and its targets.
+fn corpus_inputs(graph: &modelc_compiler::graph::Graph, w: &modelc_compiler::Workload, seed: u64) -> Result<Inputs, (String, i32)> {
     let (b, t) = (w.batch.max(1) as usize, w.seq.max(1) as usize);
     let corpus = modelc_runtime::data::Corpus::builtin();
     let objective_entry = w.entries.iter().find(|(k, _)| k == "objective").map(|(_, v)| v);
     let (tokens, targets) = crate::train::Batches::from_recipe(objective_entry).batch(&corpus, b, t, seed, 0);
-    let names = crate::train::token_inputs(&graph);
+    let names = crate::train::token_inputs(graph);
     if names.is_empty() {
-        report.plain_error("the model takes no token ids");
-        return EXIT_UNSUPPORTED;
+        return Err(("the model takes no token ids".into(), EXIT_UNSUPPORTED));
     }
-    let mut inputs: std::collections::HashMap<String, modelc_compiler::interp::tensor::Tensor> =
-        names.into_iter().zip(tokens).collect();
+    let mut inputs: Inputs = names.into_iter().zip(tokens).collect();
     inputs.insert("targets".to_string(), targets);
-    let options = interp::Options { precision: interp::Precision::Native, training: false, seed };
-    match interp::run(&graph, &inputs, &params, &options) {
-        Ok(values) => {
-            let loss = values[graph.outputs[0].0 as usize].data[0];
-            println!(
-                "loss {loss:.4} ({objective}, {b} x {t} tokens of the built-in corpus, {} with {} parameters, seed {seed})",
-                instance.block_name,
-                inspect::thousands(total)
-            );
-            EXIT_OK
+    Ok(inputs)
+}
+
+/// The texts, tokenized and right-padded into one batch: the model's integer input gets
+/// the ids, its `bool` input (if any) is true at real tokens.
+fn text_inputs(graph: &modelc_compiler::graph::Graph, tokenizer: Option<&Path>, texts: &[String]) -> Result<Inputs, (String, i32)> {
+    use modelc_compiler::graph::{op::Op, types::DType};
+    use modelc_compiler::interp::tensor::Tensor;
+    let tok = match tokenizer {
+        None => modelc_runtime::tokenizer::Tokenizer::Bytes,
+        Some(p) => modelc_runtime::tokenizer::Tokenizer::load(p, None).map_err(|e| (e, EXIT_INPUT))?,
+    };
+    let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t)).collect::<Result<_, _>>().map_err(|e| (e, EXIT_INPUT))?;
+    let (b, t) = (ids.len(), ids.iter().map(Vec::len).max().unwrap_or(0).max(1));
+    let pad = f64::from(tok.pad_id());
+    let tokens = ids.iter().flat_map(|row| (0..t).map(|i| row.get(i).map_or(pad, |&id| f64::from(id))));
+    let mask = ids.iter().flat_map(|row| (0..t).map(|i| if i < row.len() { 1.0 } else { 0.0 }));
+    let (tokens, mask) = (Tensor::new(vec![b, t], tokens.collect()), Tensor::new(vec![b, t], mask.collect()));
+    let mut inputs = Inputs::new();
+    let mut ids_fed = false;
+    for node in &graph.nodes {
+        let Op::Input { name } = &node.op else { continue };
+        let slot = match node.ty.dtype {
+            DType::Bool if node.ty.rank() == 2 => &mask,
+            DType::I32 | DType::I64 if node.ty.rank() == 2 && !ids_fed => {
+                ids_fed = true;
+                &tokens
+            }
+            _ => {
+                return Err((
+                    format!(
+                        "`--text` feeds models whose inputs are token ids `[B, T]` and optionally a `bool[B, T]` mask; input `{name}` is {}",
+                        node.ty
+                    ),
+                    EXIT_UNSUPPORTED,
+                ))
+            }
+        };
+        inputs.insert(name.clone(), slot.clone());
+    }
+    Ok(inputs)
+}
+
+/// Prints a `[B, ...]` output: `{"output": [...]}` with `--json`, else one line per row.
+fn print_output(out: &modelc_compiler::interp::tensor::Tensor, json: bool) {
+    fn nest(shape: &[usize], data: &[f64]) -> serde_json::Value {
+        match shape.split_first() {
+            None => serde_json::json!(data[0] as f32),
+            Some((&n, rest)) => {
+                let step = rest.iter().product::<usize>();
+                serde_json::Value::Array((0..n).map(|i| nest(rest, &data[i * step..(i + 1) * step])).collect())
+            }
         }
-        Err(e) => {
-            report.plain_error(&format!("running the model: {e}"));
-            EXIT_INPUT
-        }
+    }
+    if json {
+        println!("{}", serde_json::json!({ "output": nest(&out.shape, &out.data) }));
+        return;
+    }
+    let rows = out.shape.first().copied().unwrap_or(1).max(1);
+    let per = out.data.len() / rows;
+    println!("output {:?}", out.shape);
+    for (i, row) in out.data.chunks(per.max(1)).enumerate() {
+        let head: Vec<String> = row.iter().take(8).map(|x| format!("{x:.6}")).collect();
+        let more = if row.len() > 8 { ", ..." } else { "" };
+        println!("  [{i}] {}{more}", head.join(", "));
     }
 }
 
@@ -317,7 +443,7 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
     if target.recipe.is_none() {
         target.recipe = Some("tiny".to_string());
     }
-    let (instance, graph, w) = match interpreter_graph(&mut program, &target, true, report) {
+    let (instance, graph, w) = match interpreter_graph(&mut program, &target, GraphFor::Training, report) {
         Ok(x) => x,
         Err(code) => return code,
     };

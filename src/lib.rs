@@ -4,3 +4,4 @@
 pub mod commands;
 pub mod report;
 pub mod train;
+pub mod weights;

@@ -100,8 +100,23 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
         /// Parameters from a checkpoint: a safetensors file, or a run directory (its latest).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "weights")]
         checkpoint: Option<PathBuf>,
+        /// Parameters from a Hugging Face / PyTorch safetensors file (or a directory holding
+        /// `model.safetensors`), matched by name; `stored` layouts are transposed.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// A `tokenizer.json`, a WordPiece `vocab.txt`, or a directory holding one (default:
+        /// bytes).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// Run the model on this text instead of the objective (repeatable: one batch,
+        /// padded, with the mask as the model's `bool` input).
+        #[arg(long = "text", value_name = "TEXT")]
+        texts: Vec<String>,
+        /// Print JSON: `{"output": [...]}`, or `{"loss": x}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Train a recipe's model on the built-in corpus: `DIR/metrics.jsonl` per step.
     Train {
@@ -164,8 +179,16 @@ fn main() {
         Command::Inspect { file, target, batch, seq, json } => {
             commands::inspect(&file, &target.target(), (batch, seq), json, &report)
         }
-        Command::Run { file, target, seed, checkpoint } => {
-            commands::run(&file, &target.target(), seed, checkpoint.as_deref(), &report)
+        Command::Run { file, target, seed, checkpoint, weights, tokenizer, texts, json } => {
+            let args = commands::RunArgs {
+                seed,
+                checkpoint: checkpoint.as_deref(),
+                weights: weights.as_deref(),
+                tokenizer: tokenizer.as_deref(),
+                texts: &texts,
+                json,
+            };
+            commands::run(&file, &target.target(), &args, &report)
         }
         Command::Train { file, target, steps, data, out, seed, checkpoint_every, resume } => {
             let args = commands::TrainArgs {

@@ -58,6 +58,8 @@ fn published_totals_come_out_exactly() {
         ("examples/mistral.model", llama_formula(32000, 4096, 32, 32, 8, 14336), 7_241_732_096),
         ("examples/mixtral.model", mixtral_formula(32000, 4096, 32, 32, 8, 14336, 8), 46_702_792_704),
         ("examples/bert.model", bert_formula(30522, 512, 2, 768, 12, 3072), 109_482_240),
+        // all-MiniLM-L6-v2: BERT's shape without the pooler.
+        ("examples/minilm.model", bert_formula(30522, 512, 2, 384, 6, 1536) - (384 * 384 + 384), 22_565_376),
     ];
     for (file, formula, published) in cases {
         assert_eq!(formula, published, "the test's own formula for {file} is wrong");

@@ -183,7 +183,7 @@ fn children(instance: &Instance, multiplier: u64, lead: &[i64]) -> Vec<Node> {
                 doc: first_line(&w.docs),
                 children: Vec::new(),
             }),
-            Member::Buffer { .. } => None,
+            Member::Buffer { .. } | Member::Unused(_) => None,
             Member::Sub(s) => {
                 let n = s.multiplier();
                 let inner_lead: Vec<i64> = match s.copies {

@@ -151,7 +151,13 @@ pub enum MemberKind {
         name: Ident,
         ty: Type,
         init: Option<Expr>,
+        /// `stored [d_out, d_in]`: how PyTorch-style checkpoints lay the weight out, a
+        /// permutation of `ty`'s dims; `--weights` imports through it.
+        stored: Option<Type>,
     },
+    /// `unused "pooler.*", ...`: names (globs, relative to the block) of an imported
+    /// checkpoint's tensors that this block deliberately leaves out.
+    Unused(Vec<(String, Span)>),
     /// `name = buffer expr`: a constant tensor computed at compile time.
     Buffer {
         name: Ident,

@@ -89,9 +89,14 @@ impl Dumper<'_> {
     fn member(&mut self, depth: usize, m: &Member) {
         self.docs(depth, &m.docs);
         match &m.kind {
-            MemberKind::Param { name, ty: t, init } => {
+            MemberKind::Param { name, ty: t, init, stored } => {
                 let init = init.as_ref().map(|i| format!(" = {}", sexpr(i))).unwrap_or_default();
-                self.line(depth, &format!("weight {}: {}{init}", name.name, ty(t)), m.span)
+                let stored = stored.as_ref().map(|t| format!(" stored {}", ty(t))).unwrap_or_default();
+                self.line(depth, &format!("weight {}: {}{init}{stored}", name.name, ty(t)), m.span)
+            }
+            MemberKind::Unused(globs) => {
+                let globs: Vec<String> = globs.iter().map(|(g, _)| quote(g)).collect();
+                self.line(depth, &format!("unused {}", globs.join(" ")), m.span)
             }
             MemberKind::Buffer { name, value } => {
                 self.line(depth, &format!("buffer {} = {}", name.name, sexpr(value)), m.span)

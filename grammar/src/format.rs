@@ -300,14 +300,21 @@ impl<'a> Formatter<'a> {
     fn member(&mut self, m: &Member, indent: usize, width: usize) -> String {
         let col = indent * INDENT;
         match &m.kind {
-            MemberKind::Param { name, ty, init } => {
+            MemberKind::Param { name, ty, init, stored } => {
                 let mut s = format!("{}: {}", name.name, self.ty(ty));
                 if let Some(init) = init {
                     s.push_str(" = ");
                     let c = col + s.len();
                     s.push_str(&self.expr(init, indent, c));
                 }
+                if let Some(stored) = stored {
+                    s.push_str(&format!(" stored {}", self.ty(stored)));
+                }
                 s
+            }
+            MemberKind::Unused(globs) => {
+                let globs: Vec<String> = globs.iter().map(|(g, _)| quote(g)).collect();
+                format!("unused {}", globs.join(", "))
             }
             MemberKind::Buffer { name, value } => {
                 let head = format!("{:width$} = buffer ", name.name);

@@ -80,6 +80,8 @@ fn is_keyword(rule: Rule) -> bool {
             | Rule::kw_buffer
             | Rule::kw_aux_loss
             | Rule::kw_metric
+            | Rule::kw_stored
+            | Rule::kw_unused
             | Rule::EOI
     )
 }
@@ -276,9 +278,25 @@ impl Builder<'_> {
                 let mut it = inner.into_inner();
                 let name = self.ident(it.next().expect("grammar: param name"));
                 let ty = self.ty(it.next().expect("grammar: param type"))?;
-                let init = it.next().map(|e| self.expr(e)).transpose()?;
-                MemberKind::Param { name, ty, init }
+                let (mut init, mut stored) = (None, None);
+                for p in it {
+                    if p.as_rule() == Rule::stored {
+                        let shape = children(p).next().expect("grammar: stored shape");
+                        let span = self.span(&shape);
+                        stored = Some(Type {
+                            kind: TypeKind::Tensor { dtype: None, dims: self.dims(shape)? },
+                            optional: false,
+                            span,
+                        });
+                    } else {
+                        init = Some(self.expr(p)?);
+                    }
+                }
+                MemberKind::Param { name, ty, init, stored }
             }
+            Rule::unused_decl => MemberKind::Unused(
+                children(inner).map(|p| Ok((self.string(p.clone())?, self.span(&p)))).collect::<Result<_>>()?,
+            ),
             Rule::buffer_decl => {
                 let mut it = children(inner);
                 let name = self.ident(it.next().expect("grammar: buffer name"));
@@ -383,21 +401,27 @@ impl Builder<'_> {
                 for p in inner.into_inner() {
                     match p.as_rule() {
                         Rule::ident => dtype = Some(self.ident(p)),
-                        _ => {
-                            for d in p.into_inner() {
-                                let d = d.into_inner().next().expect("grammar: dim body");
-                                dims.push(match d.as_rule() {
-                                    Rule::ellipsis => Dim::Ellipsis(self.span(&d)),
-                                    _ => Dim::Expr(self.expr(d)?),
-                                });
-                            }
-                        }
+                        _ => dims = self.dims(p)?,
                     }
                 }
                 TypeKind::Tensor { dtype, dims }
             }
         };
         Ok(Type { kind, optional, span: sp })
+    }
+
+    /// The dims of a `shape`: `[B, T, d]`, `[..., d]`.
+    fn dims(&self, shape: Pair<Rule>) -> Result<Vec<Dim>> {
+        shape
+            .into_inner()
+            .map(|d| {
+                let d = d.into_inner().next().expect("grammar: dim body");
+                Ok(match d.as_rule() {
+                    Rule::ellipsis => Dim::Ellipsis(self.span(&d)),
+                    _ => Dim::Expr(self.expr(d)?),
+                })
+            })
+            .collect()
     }
 
     /// Folds `operand (infix operand)*` by precedence with explicit stacks, so operator

@@ -37,9 +37,20 @@ pub fn save(path: &Path, tensors: &Tensors) -> Result<(), String> {
 
 /// Reads f32, f16 and bf16 tensors as f64.
 pub fn load(path: &Path) -> Result<Tensors, String> {
+    let (tensors, others) = read(path)?;
+    match others.first() {
+        Some((name, dtype)) => Err(format!("`{name}` in `{}` is {dtype}; f32, f16 and bf16 load", path.display())),
+        None => Ok(tensors),
+    }
+}
+
+/// The float tensors of a safetensors file as f64 (f32, f16, bf16), and the names and
+/// dtypes of the others (integer buffers such as BERT's `position_ids`).
+pub fn read(path: &Path) -> Result<(Tensors, Vec<(String, String)>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("reading `{}`: {e}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("`{}`: {e:?}", path.display()))?;
     let mut out = Tensors::new();
+    let mut others = Vec::new();
     for (name, view) in st.tensors() {
         let data: Vec<f64> = match view.dtype() {
             Dtype::F32 => {
@@ -51,11 +62,15 @@ pub fn load(path: &Path) -> Result<Tensors, String> {
                 .chunks_exact(2)
                 .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64)
                 .collect(),
-            other => return Err(format!("`{name}` in `{}` is {other:?}; f32, f16 and bf16 load", path.display())),
+            other => {
+                others.push((name, format!("{other:?}")));
+                continue;
+            }
         };
         out.insert(name, (view.shape().to_vec(), data));
     }
-    Ok(out)
+    others.sort();
+    Ok((out, others))
 }
 
 /// IEEE half precision bits to f64.

@@ -11,4 +11,5 @@ pub mod init;
 pub mod optim;
 pub mod rng;
 pub mod schedule;
+pub mod tokenizer;
 pub mod tokens;

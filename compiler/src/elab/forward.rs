@@ -702,7 +702,7 @@ impl<'a> Builder<'a> {
                     return Ok(RValue::Tensor(self.param(full, TensorType::new(dtype, shape))));
                 }
                 Member::Buffer { name: b } if b == name => return self.buffer(name, frame),
-                Member::Sub(_) if member_name(m) == name => {
+                Member::Sub(s) if s.name == name => {
                     return Err(self.err(
                         frame,
                         Diagnostic::error(format!("`{name}` is a sub-block: call it, as in `{name}(x)`"), span)
@@ -725,7 +725,7 @@ impl<'a> Builder<'a> {
             Err(_) => {
                 let mut names: Vec<String> = frame.locals.keys().cloned().collect();
                 names.extend(frame.symbols.keys().cloned());
-                names.extend(frame.instance.members.iter().map(|m| member_name(m).to_string()));
+                names.extend(frame.instance.members.iter().filter_map(member_name).map(str::to_string));
                 names.extend(scope.visible_names());
                 let mut d =
                     Diagnostic::error(format!("unknown name `{name}`"), span).with_label("not found in this scope");
@@ -786,7 +786,7 @@ impl<'a> Builder<'a> {
                         _ => None,
                     });
                     let Some(w) = w else {
-                        let names = sub.instance.members.iter().map(member_name);
+                        let names = sub.instance.members.iter().filter_map(member_name);
                         let mut d =
                             Diagnostic::error(format!("`{}` has no parameter `{}`", n.name, name.name), name.span)
                                 .with_label("not found");
@@ -1868,7 +1868,7 @@ impl<'a> Builder<'a> {
                 let mut d = Diagnostic::error(format!("unknown block or primitive `{name}`"), name_span)
                     .with_label("cannot be called");
                 let mut names: Vec<&str> = PRIMITIVES.to_vec();
-                names.extend(frame.instance.members.iter().map(member_name));
+                names.extend(frame.instance.members.iter().filter_map(member_name));
                 d = d.with_help(match suggest(name, names.into_iter()) {
                     Some(s) => format!("did you mean `{s}`?"),
                     None if NOT_YET.contains(&name) => format!("`{name}` is not elaborated into the Graph IR yet"),
@@ -1989,11 +1989,12 @@ const SIGNATURES: &[(&str, usize, &[&str])] = &[
     ("cumsum", 1, &["axis"]),
 ];
 
-fn member_name(m: &Member) -> &str {
+fn member_name(m: &Member) -> Option<&str> {
     match m {
-        Member::Weight(w) => &w.name,
-        Member::Buffer { name } => name,
-        Member::Sub(s) => &s.name,
+        Member::Weight(w) => Some(&w.name),
+        Member::Buffer { name } => Some(name),
+        Member::Sub(s) => Some(&s.name),
+        Member::Unused(_) => None,
     }
 }
 

@@ -44,6 +44,8 @@ pub enum Member {
     Weight(Weight),
     Buffer { name: String },
     Sub(Sub),
+    /// A glob of imported checkpoint tensors this block leaves out (`unused "pooler.*"`).
+    Unused(String),
 }
 
 #[derive(Clone, Debug)]
@@ -52,6 +54,9 @@ pub struct Weight {
     pub dtype: Option<String>,
     pub shape: Vec<i64>,
     pub init: Value,
+    /// The layout PyTorch-style checkpoints use: `stored[i]` is the declared axis that
+    /// their axis `i` holds (`[1, 0]` for a `Linear` weight).
+    pub stored: Option<Vec<usize>>,
     pub docs: Vec<String>,
 }
 
@@ -82,7 +87,7 @@ impl Instance {
             .iter()
             .map(|m| match m {
                 Member::Weight(w) => w.count(),
-                Member::Buffer { .. } => 0,
+                Member::Buffer { .. } | Member::Unused(_) => 0,
                 Member::Sub(s) => s.multiplier() * s.instance.param_count(),
             })
             .sum()
@@ -94,6 +99,27 @@ impl Instance {
         self.for_each_weight(prefix, lead, &mut |name, shape, _| f(name, shape));
     }
 
+    /// The `unused` globs of this block and every block below, prefixed with the block's
+    /// path (`pooler.*`; inside `repeat` copies, `layer.3.extra.*`).
+    pub fn unused_globs(&self, prefix: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in &self.members {
+            match m {
+                Member::Unused(g) => out.push(join(prefix, g)),
+                Member::Sub(s) => match s.copies {
+                    Some((CopiesKind::Repeat, n)) => {
+                        for i in 0..n {
+                            out.extend(s.instance.unused_globs(&join(&join(prefix, &s.name), &i.to_string())));
+                        }
+                    }
+                    _ => out.extend(s.instance.unused_globs(&join(prefix, &s.name))),
+                },
+                Member::Weight(_) | Member::Buffer { .. } => {}
+            }
+        }
+        out
+    }
+
     /// `for_each_param` with each parameter's declaration (its initialiser).
     pub fn for_each_weight(&self, prefix: &str, lead: &[i64], f: &mut dyn FnMut(&str, &[i64], &Weight)) {
         for m in &self.members {
@@ -102,7 +128,7 @@ impl Instance {
                     let shape: Vec<i64> = lead.iter().chain(&w.shape).copied().collect();
                     f(&join(prefix, &w.name), &shape, w);
                 }
-                Member::Buffer { .. } => {}
+                Member::Buffer { .. } | Member::Unused(_) => {}
                 Member::Sub(s) => match s.copies {
                     Some((CopiesKind::Repeat, n)) => {
                         for i in 0..n {
@@ -118,6 +144,42 @@ impl Instance {
             }
         }
     }
+}
+
+/// The permutation from a weight's declared dims to its `stored` dims, matched by their
+/// written form (values cannot tell the axes of a square matrix apart).
+fn stored_layout(declared: &ast::Type, stored: &ast::Type) -> Result<Vec<usize>, Diagnostic> {
+    let texts = |t: &ast::Type| -> Vec<String> {
+        match &t.kind {
+            TypeKind::Tensor { dims, .. } => dims
+                .iter()
+                .map(|d| match d {
+                    ast::Dim::Expr(e) => modelc_grammar::format::flat(e),
+                    ast::Dim::Ellipsis(_) => "...".to_string(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let (want, have) = (texts(declared), texts(stored));
+    let mut used = vec![false; want.len()];
+    let mut perm = Vec::with_capacity(have.len());
+    for h in &have {
+        match (0..want.len()).find(|&i| !used[i] && want[i] == *h) {
+            Some(i) if h != "..." => {
+                used[i] = true;
+                perm.push(i);
+            }
+            _ => break,
+        }
+    }
+    if perm.len() != want.len() || have.len() != want.len() {
+        let declared_text = format!("[{}]", want.join(", "));
+        return Err(Diagnostic::error("a stored layout must reorder the declared dims", stored.span)
+            .with_label(format!("not a permutation of {declared_text}"))
+            .with_help(format!("write the same dims as {declared_text} in the checkpoint's order")));
+    }
+    Ok(perm)
 }
 
 fn join(prefix: &str, name: &str) -> String {
@@ -326,9 +388,10 @@ impl<'a> Instantiator<'a> {
                     let v = scope.eval(&c.value).and_then(|v| scope.check_const_type(c, v))?;
                     scope.bind(&c.name.name, v);
                 }
-                MemberKind::Param { name, ty, init } => {
+                MemberKind::Param { name, ty, init, stored } => {
                     declare(name, declared)?;
                     let (dtype, shape) = self.weight_type(ty, scope)?;
+                    let stored = stored.as_ref().map(|st| stored_layout(ty, st)).transpose().map_err(|d| scope.error(d))?;
                     let init = match init {
                         Some(e) => self.initialiser(e, scope)?,
                         None => Value::Call { name: "normal".into(), args: vec![(None, Value::Float(0.02))] },
@@ -338,8 +401,12 @@ impl<'a> Instantiator<'a> {
                         dtype,
                         shape,
                         init,
+                        stored,
                         docs: m.docs.clone(),
                     }));
+                }
+                MemberKind::Unused(globs) => {
+                    out.extend(globs.iter().map(|(g, _)| Member::Unused(g.clone())));
                 }
                 MemberKind::Buffer { name, .. } => {
                     declare(name, declared)?;
