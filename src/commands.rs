@@ -271,9 +271,8 @@ fn run_params(
     if p.is_dir() {
         crate::train::latest_checkpoint(p).map(|(_, params, _, _)| params)
     } else {
-        modelc_runtime::checkpoint::load(p).map(|t| {
-            t.into_iter().map(|(k, (s, d))| (k, modelc_compiler::interp::tensor::Tensor::new(s, d))).collect()
-        })
+        modelc_runtime::checkpoint::load(p)
+            .map(|t| t.into_iter().map(|(k, (s, d))| (k, modelc_compiler::interp::tensor::Tensor::new(s, d))).collect())
     }
 }
 
@@ -342,7 +341,11 @@ pub fn run(path: &Path, target: &Target, args: &RunArgs, report: &Reporter) -> i
 type Inputs = std::collections::HashMap<String, modelc_compiler::interp::tensor::Tensor>;
 
 /// One batch of the recipe's objective from the built-in corpus, and its targets.
-fn corpus_inputs(graph: &modelc_compiler::graph::Graph, w: &modelc_compiler::Workload, seed: u64) -> Result<Inputs, (String, i32)> {
+fn corpus_inputs(
+    graph: &modelc_compiler::graph::Graph,
+    w: &modelc_compiler::Workload,
+    seed: u64,
+) -> Result<Inputs, (String, i32)> {
     let (b, t) = (w.batch.max(1) as usize, w.seq.max(1) as usize);
     let corpus = modelc_runtime::data::Corpus::builtin();
     let objective_entry = w.entries.iter().find(|(k, _)| k == "objective").map(|(_, v)| v);
@@ -358,14 +361,19 @@ fn corpus_inputs(graph: &modelc_compiler::graph::Graph, w: &modelc_compiler::Wor
 
 /// The texts, tokenized and right-padded into one batch: the model's integer input gets
 /// the ids, its `bool` input (if any) is true at real tokens.
-fn text_inputs(graph: &modelc_compiler::graph::Graph, tokenizer: Option<&Path>, texts: &[String]) -> Result<Inputs, (String, i32)> {
+fn text_inputs(
+    graph: &modelc_compiler::graph::Graph,
+    tokenizer: Option<&Path>,
+    texts: &[String],
+) -> Result<Inputs, (String, i32)> {
     use modelc_compiler::graph::{op::Op, types::DType};
     use modelc_compiler::interp::tensor::Tensor;
     let tok = match tokenizer {
         None => modelc_runtime::tokenizer::Tokenizer::Bytes,
         Some(p) => modelc_runtime::tokenizer::Tokenizer::load(p, None).map_err(|e| (e, EXIT_INPUT))?,
     };
-    let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t)).collect::<Result<_, _>>().map_err(|e| (e, EXIT_INPUT))?;
+    let ids: Vec<Vec<u32>> =
+        texts.iter().map(|t| tok.encode(t)).collect::<Result<_, _>>().map_err(|e| (e, EXIT_INPUT))?;
     let (b, t) = (ids.len(), ids.iter().map(Vec::len).max().unwrap_or(0).max(1));
     let pad = f64::from(tok.pad_id());
     let tokens = ids.iter().flat_map(|row| (0..t).map(|i| row.get(i).map_or(pad, |&id| f64::from(id))));

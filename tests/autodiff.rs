@@ -65,6 +65,10 @@ fn every_example_matches_finite_differences() {
             continue;
         }
         let source = std::fs::read_to_string(root().join(&path)).expect("example");
+        if !source.contains("\nrecipe ") {
+            // minilm: an embedding model without a training recipe.
+            continue;
+        }
         check_gradients(&path, &source, Some("tiny"), 12);
     }
 }

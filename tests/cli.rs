@@ -273,12 +273,17 @@ fn resume_continues_bit_identically() {
     let _ = std::fs::remove_dir_all(&base);
 }
 
-/// Every example's `tiny` recipe trains, and its loss falls within ten steps (mean of the
+/// Every example's `tiny` recipe trains (every example but minilm has one), and its loss falls within ten steps (mean of the
 /// last two below the mean of the first two). Runs are deterministic, so this is stable.
 #[test]
 fn every_example_recipe_trains_and_its_loss_falls() {
     let base = std::env::temp_dir().join(format!("modelc-all-{}", std::process::id()));
     for file in model_files("examples") {
+        // Models without a recipe (minilm: an embedding model run with imported weights).
+        let source = std::fs::read_to_string(root().join(&file)).expect("example");
+        if !source.contains("\nrecipe ") {
+            continue;
+        }
         let dir = base.join(file.replace('/', "_"));
         let d = dir.to_string_lossy().into_owned();
         let out = modelc(&["train", &file, "--steps", "10", "--out", &d]);

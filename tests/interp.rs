@@ -145,6 +145,10 @@ fn an_untrained_llama_predicts_uniformly() {
 fn f32_runs_agree_with_the_f64_oracle_on_every_example() {
     for path in model_files("examples") {
         let source = std::fs::read_to_string(root().join(&path)).expect("example");
+        if !source.contains("\nrecipe tiny") {
+            // minilm: its f32 run is checked against sentence-transformers (tests/minilm.rs).
+            continue;
+        }
         let graph = compile(&path, &source, Some("tiny"));
         let (ins, ps) = (inputs(&graph, 3), params(&graph, 0.05, 4));
         let oracle = run_all(&graph, &ins, &ps, Precision::F64);

@@ -79,7 +79,8 @@ fn goldens() -> Value {
 #[test]
 fn reference_sentences_match_sentence_transformers() {
     let r = reference();
-    let texts: Vec<&str> = r["sentences"].as_array().expect("sentences").iter().map(|s| s.as_str().unwrap_or("")).collect();
+    let texts: Vec<&str> =
+        r["sentences"].as_array().expect("sentences").iter().map(|s| s.as_str().unwrap_or("")).collect();
     let json_tok = Tokenizer::load(&model_dir().join("tokenizer.json"), None).expect("tokenizer.json");
     let vocab_tok = Tokenizer::load(&model_dir().join("vocab.txt"), None).expect("vocab.txt");
     for (i, text) in texts.iter().enumerate() {

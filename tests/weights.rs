@@ -1,5 +1,5 @@
 //! `--weights`: importing a PyTorch-layout safetensors file by name. No download: the files
-//! are written here from the `tiny` MiniLM's parameters, in both layouts, and `run` on the
+//! are written here from a small MiniLM's parameters (`--set`), in both layouts, and `run` on the
 //! PyTorch-layout file must give exactly what `run` on modelc's own checkpoint gives.
 
 mod common;
@@ -15,9 +15,20 @@ fn modelc(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_modelc")).args(args).current_dir(root()).output().expect("running modelc")
 }
 
-fn tiny_params(round: fn(f64) -> f64) -> HashMap<String, Tensor> {
+/// How a dtype rounds an f64.
+type Rounding = fn(f64) -> f64;
+
+fn tiny_params(round: Rounding) -> HashMap<String, Tensor> {
     let source = std::fs::read_to_string(root().join("examples/minilm.model")).expect("minilm.model");
-    let graph = compile("examples/minilm.model", &source, Some("tiny"));
+    // The recipe-free model at a CPU size, as `run_on_text` sets it.
+    let source = source
+        .replace("vocab: int = 30522", "vocab: int = 257")
+        .replace("d: int = 384", "d: int = 32")
+        .replace("layers: int = 6", "layers: int = 2")
+        .replace("heads: int = 12", "heads: int = 4")
+        .replace("ffn: int = 1536", "ffn: int = 64")
+        .replace("positions: int = 512", "positions: int = 64");
+    let graph = compile("examples/minilm.model", &source, None);
     let mut params = common::params(&graph, 0.5, 11);
     for t in params.values_mut() {
         t.data.iter_mut().for_each(|x| *x = round(*x));
@@ -67,8 +78,18 @@ fn run_on_text(flag: &str, path: &Path) -> String {
     let out = modelc(&[
         "run",
         "examples/minilm.model",
-        "--recipe",
-        "tiny",
+        "--set",
+        "vocab=257",
+        "--set",
+        "d=32",
+        "--set",
+        "layers=2",
+        "--set",
+        "heads=4",
+        "--set",
+        "ffn=64",
+        "--set",
+        "positions=64",
         flag,
         p,
         "--text",
@@ -84,7 +105,7 @@ fn run_on_text(flag: &str, path: &Path) -> String {
 #[test]
 fn pytorch_layout_in_every_dtype_equals_the_native_checkpoint() {
     let dir = temp_dir("layouts");
-    let cases: [(Dtype, fn(f64) -> f64); 3] = [
+    let cases: [(Dtype, Rounding); 3] = [
         (Dtype::F32, |x| x as f32 as f64),
         (Dtype::F16, |x| half::f16::from_f64(x).to_f64()),
         (Dtype::BF16, |x| half::bf16::from_f64(x).to_f64()),
@@ -135,7 +156,12 @@ fn mismatches_are_listed_with_both_shapes() {
     torch.push(("extra.scale".into(), vec![3], Dtype::F32, vec![0; 12]));
     let file = dir.join("bad.safetensors");
     write(&file, &torch);
-    let out = modelc(&["run", "examples/minilm.model", "--recipe", "tiny", "--weights", file.to_str().expect("utf-8")]);
+    let mut args = vec!["run", "examples/minilm.model"];
+    for set in ["vocab=257", "d=32", "layers=2", "heads=4", "ffn=64", "positions=64"] {
+        args.extend(["--set", set]);
+    }
+    args.extend(["--weights", file.to_str().expect("utf-8"), "--text", "x"]);
+    let out = modelc(&args);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     for want in [

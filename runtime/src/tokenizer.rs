@@ -56,11 +56,17 @@ impl Tokenizer {
 
 fn resolve(path: &Path) -> Result<PathBuf, String> {
     if !path.is_dir() {
-        return if path.exists() { Ok(path.to_path_buf()) } else { Err(format!("no tokenizer at `{}`", path.display())) };
+        return if path.exists() {
+            Ok(path.to_path_buf())
+        } else {
+            Err(format!("no tokenizer at `{}`", path.display()))
+        };
     }
-    ["tokenizer.json", "vocab.txt"].iter().map(|f| path.join(f)).find(|p| p.exists()).ok_or_else(|| {
-        format!("`{}` holds neither `tokenizer.json` nor `vocab.txt`", path.display())
-    })
+    ["tokenizer.json", "vocab.txt"]
+        .iter()
+        .map(|f| path.join(f))
+        .find(|p| p.exists())
+        .ok_or_else(|| format!("`{}` holds neither `tokenizer.json` nor `vocab.txt`", path.display()))
 }
 
 /// BERT's uncased WordPiece pipeline around a `vocab.txt` (line number = id).
@@ -70,9 +76,7 @@ fn wordpiece(vocab: &Path) -> Result<HfTokenizer, String> {
         .unk_token("[UNK]".into())
         .build()
         .map_err(|e| format!("reading vocabulary `{}`: {e}", vocab.display()))?;
-    let id = |t: &str| {
-        model.token_to_id(t).ok_or_else(|| format!("`{}` has no `{t}` token", vocab.display()))
-    };
+    let id = |t: &str| model.token_to_id(t).ok_or_else(|| format!("`{}` has no `{t}` token", vocab.display()));
     let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
     let mut tok = HfTokenizer::new(model);
     tok.with_normalizer(Some(BertNormalizer::new(true, true, None, true)))

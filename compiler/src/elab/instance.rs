@@ -42,7 +42,9 @@ pub struct Instance {
 #[derive(Clone, Debug)]
 pub enum Member {
     Weight(Weight),
-    Buffer { name: String },
+    Buffer {
+        name: String,
+    },
     Sub(Sub),
     /// A glob of imported checkpoint tensors this block leaves out (`unused "pooler.*"`).
     Unused(String),
@@ -391,7 +393,8 @@ impl<'a> Instantiator<'a> {
                 MemberKind::Param { name, ty, init, stored } => {
                     declare(name, declared)?;
                     let (dtype, shape) = self.weight_type(ty, scope)?;
-                    let stored = stored.as_ref().map(|st| stored_layout(ty, st)).transpose().map_err(|d| scope.error(d))?;
+                    let stored =
+                        stored.as_ref().map(|st| stored_layout(ty, st)).transpose().map_err(|d| scope.error(d))?;
                     let init = match init {
                         Some(e) => self.initialiser(e, scope)?,
                         None => Value::Call { name: "normal".into(), args: vec![(None, Value::Float(0.02))] },
