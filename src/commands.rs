@@ -3,6 +3,7 @@
 //! cannot do yet.
 
 use crate::report::Reporter;
+use modelc_compiler::Lowering;
 use modelc_compiler::{inspect, Program, Target};
 use modelc_grammar::{dump, format, parse, Parsed, SourceFile};
 use std::path::Path;
@@ -189,24 +190,13 @@ pub enum Stage {
 /// minutes and gigabytes, which is the compiled backends' job.
 const INTERPRETER_PARAM_LIMIT: u64 = 50_000_000;
 
-/// What the interpreter's graph computes beyond the model's own outputs.
-#[derive(Clone, Copy, PartialEq)]
-enum GraphFor {
-    /// The model's outputs.
-    Outputs,
-    /// The recipe objective's loss.
-    Loss,
-    /// The loss and its gradients.
-    Training,
-}
-
 /// What `run` and `train` execute: the recipe's model instance, its graph (with the
 /// objective appended and, for training, its backward pass), and the recipe's workload.
 /// `None` after reporting why not (exit code in the error).
 fn interpreter_graph(
     program: &mut Program,
     target: &Target,
-    what: GraphFor,
+    what: Lowering,
     report: &Reporter,
 ) -> Result<(modelc_compiler::elab::instance::Instance, modelc_compiler::graph::Graph, modelc_compiler::Workload), i32>
 {
@@ -229,17 +219,10 @@ fn interpreter_graph(
         ));
         return Err(EXIT_UNSUPPORTED);
     }
-    if what == GraphFor::Outputs {
-        return Ok((instance, graph, w));
-    }
-    let objective = w.objective.as_deref().unwrap_or("causal_lm");
-    let graph = modelc_compiler::objective::Objective::parse(objective)
-        .and_then(|o| modelc_compiler::objective::apply(graph, o))
-        .and_then(|g| if what == GraphFor::Training { modelc_compiler::autodiff::differentiate(g) } else { Ok(g) })
-        .map_err(|why| {
-            report.plain_error(&why);
-            EXIT_UNSUPPORTED
-        })?;
+    let graph = modelc_compiler::lower(graph, &w, what).map_err(|why| {
+        report.plain_error(&why);
+        EXIT_UNSUPPORTED
+    })?;
     Ok((instance, graph, w))
 }
 
@@ -284,7 +267,7 @@ pub fn run(path: &Path, target: &Target, args: &RunArgs, report: &Reporter) -> i
     let Some(mut program) = load_program(path, report) else {
         return EXIT_INPUT;
     };
-    let what = if args.texts.is_empty() { GraphFor::Loss } else { GraphFor::Outputs };
+    let what = if args.texts.is_empty() { Lowering::Loss } else { Lowering::Outputs };
     let (instance, graph, w) = match interpreter_graph(&mut program, target, what, report) {
         Ok(x) => x,
         Err(code) => return code,
@@ -451,7 +434,7 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
     if target.recipe.is_none() {
         target.recipe = Some("tiny".to_string());
     }
-    let (instance, graph, w) = match interpreter_graph(&mut program, &target, GraphFor::Training, report) {
+    let (instance, graph, w) = match interpreter_graph(&mut program, &target, Lowering::Training, report) {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -476,6 +459,13 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
         Some(Value::Float(c)) => Some(*c),
         Some(Value::Int(c)) => Some(*c as f64),
         _ => None,
+    };
+    let mut loss_scale = match crate::train::loss_scale(entry("precision")) {
+        Ok(ls) => ls,
+        Err(why) => {
+            report.plain_error(&why);
+            return EXIT_INPUT;
+        }
     };
     let token_inputs = crate::train::token_inputs(&graph);
     if token_inputs.is_empty() {
@@ -503,6 +493,12 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
             Ok((step, loaded, opt_step, state)) => {
                 params = loaded;
                 optimizer.restore(opt_step, &state);
+                if let Some(ls) = loss_scale.as_mut() {
+                    let sidecar = std::fs::read_to_string(from.join(format!("step-{step}.json"))).unwrap_or_default();
+                    let v: serde_json::Value = serde_json::from_str(&sidecar).unwrap_or_default();
+                    ls.scale = v["loss_scale"]["scale"].as_f64().unwrap_or(ls.scale);
+                    ls.clean = v["loss_scale"]["clean"].as_u64().unwrap_or(0);
+                }
                 start_step = step + 1;
                 let kept: String = std::fs::read_to_string(dir.join("metrics.jsonl"))
                     .unwrap_or_default()
@@ -569,6 +565,7 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
         checkpoint_every: every,
         out_dir: dir.clone(),
         corpus,
+        loss_scale,
     };
     match crate::train::train(run, &mut metrics, (steps / 20).max(1)) {
         Ok(_) => {
@@ -608,16 +605,10 @@ pub fn emit(path: &Path, stage: Stage, target: &Target, report: &Reporter) -> i3
                     return EXIT_INPUT;
                 }
             };
-            if stage == Stage::Ir {
-                print!("{graph}");
-                return EXIT_OK;
-            }
-            // The training graph: objective, then the backward pass.
-            let objective = w.objective.as_deref().unwrap_or("causal_lm");
-            let grad = modelc_compiler::objective::Objective::parse(objective)
-                .and_then(|o| modelc_compiler::objective::apply(graph, o))
-                .and_then(modelc_compiler::autodiff::differentiate);
-            match grad {
+            // The forward graph (with the recipe's precision casts), or the training graph:
+            // objective, precision, then the backward pass.
+            let to = if stage == Stage::Ir { Lowering::Outputs } else { Lowering::Training };
+            match modelc_compiler::lower(graph, &w, to) {
                 Ok(g) => {
                     print!("{g}");
                     EXIT_OK

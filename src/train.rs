@@ -3,11 +3,13 @@
 //! applied per step, one JSON line of metrics per step. Compiled backends will replace the
 //! interpreter under the same loop.
 
+use modelc_compiler::autodiff::LOSS_SCALE;
 use modelc_compiler::elab::instance::Instance;
 use modelc_compiler::elab::value::Value;
 use modelc_compiler::graph::Graph;
 use modelc_compiler::interp::{self, tensor::Tensor};
 use modelc_runtime::init::{init, Init};
+use modelc_runtime::loss_scale::LossScale;
 use modelc_runtime::optim::{Kind, Optimizer};
 use modelc_runtime::schedule::{Phase, Schedule};
 use std::collections::HashMap;
@@ -224,6 +226,35 @@ pub fn token_inputs(graph: &Graph) -> Vec<String> {
         .collect()
 }
 
+/// The loss scale of `precision = mixed(..)`: `loss_scale: dynamic` (the default for
+/// f16), `dynamic(init: 65536, growth_interval: 2000)`, or a number (static; bf16's
+/// default is 1). `None` for f32 training.
+pub fn loss_scale(entry: Option<&Value>) -> Result<Option<LossScale>, String> {
+    let Some(Value::Call { name, args }) = entry.filter(|v| matches!(v, Value::Call { name, .. } if name == "mixed"))
+    else {
+        return Ok(None);
+    };
+    debug_assert_eq!(name, "mixed");
+    let f16 = matches!(named(entry.unwrap_or(&Value::None), "compute"), Some(Value::Symbol(c)) if c == "f16");
+    let dynamic = |init: f64, interval: u64| Ok(Some(LossScale::dynamic(init, interval)));
+    match args.iter().find(|(k, _)| k.as_deref() == Some("loss_scale")).map(|(_, v)| v) {
+        None if f16 => dynamic(65536.0, 2000),
+        None => Ok(Some(LossScale::fixed(1.0))),
+        Some(Value::Symbol(s)) if s == "dynamic" => dynamic(65536.0, 2000),
+        Some(v @ Value::Call { name, .. }) if name == "dynamic" => {
+            let init = named(v, "init").as_ref().and_then(num).unwrap_or(65536.0);
+            let interval = named(v, "growth_interval").as_ref().and_then(num).unwrap_or(2000.0);
+            dynamic(init, interval.max(1.0) as u64)
+        }
+        Some(v) => match num(v) {
+            Some(x) if x > 0.0 => Ok(Some(LossScale::fixed(x))),
+            _ => Err(format!(
+                "`loss_scale` is `dynamic`, `dynamic(init:, growth_interval:)` or a positive number, not {v}"
+            )),
+        },
+    }
+}
+
 /// Everything one training run needs.
 pub struct Run<'a> {
     pub graph: &'a Graph,
@@ -245,6 +276,8 @@ pub struct Run<'a> {
     pub checkpoint_every: Option<u64>,
     pub out_dir: std::path::PathBuf,
     pub corpus: modelc_runtime::data::Corpus,
+    /// Mixed precision's loss scale (the graph then takes it as the `loss_scale` input).
+    pub loss_scale: Option<LossScale>,
 }
 
 /// Rounds to f32: master weights and optimizer state are f32, as checkpoints store them.
@@ -271,6 +304,10 @@ fn checkpoint(run: &Run, step: u64) -> Result<(), String> {
         // Data order and dropout are functions of (seed, step): nothing else to restore.
         "next_batch": step * run.accumulate as u64,
     });
+    let mut sidecar = sidecar;
+    if let Some(ls) = &run.loss_scale {
+        sidecar["loss_scale"] = serde_json::json!({ "scale": ls.scale, "clean": ls.clean });
+    }
     write_atomically(&run.out_dir.join(format!("step-{step}.json")), format!("{sidecar:#}\n").as_bytes())
         .map_err(|e| format!("writing the checkpoint sidecar: {e}"))
 }
@@ -322,6 +359,9 @@ pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMa
             let (tokens, targets) = run.batches.batch(&run.corpus, b, t, run.seed, index);
             let mut inputs: HashMap<String, Tensor> = run.token_inputs.iter().cloned().zip(tokens).collect();
             inputs.insert("targets".to_string(), targets);
+            if let Some(ls) = &run.loss_scale {
+                inputs.insert(LOSS_SCALE.to_string(), Tensor::scalar(ls.scale));
+            }
             // Dropout masks differ per step and micro-step, and replay in the backward.
             let options = interp::Options {
                 precision: interp::Precision::Native,
@@ -344,20 +384,31 @@ pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMa
                 }
             }
         }
+        // Unscale; an inf/NaN gradient skips the step (and halves a dynamic scale).
+        let used_scale = run.loss_scale.as_ref().map(|ls| ls.scale);
+        if let Some(scale) = used_scale {
+            grads.values_mut().flatten().for_each(|g| *g /= scale);
+        }
         let grad_norm = grads.values().flatten().map(|g| g * g).sum::<f64>().sqrt();
-        if let Some(clip) = run.clip {
+        let apply = match &mut run.loss_scale {
+            Some(ls) => ls.update(grad_norm.is_finite()),
+            None => true,
+        };
+        if let Some(clip) = run.clip.filter(|_| apply) {
             if grad_norm > clip {
                 let s = clip / grad_norm;
                 grads.values_mut().flatten().for_each(|g| *g *= s);
             }
         }
         let lr = run.schedule.lr(step);
-        let mut flat: HashMap<String, (Vec<usize>, Vec<f64>)> =
-            run.params.drain().map(|(k, v)| (k, (v.shape, v.data))).collect();
-        run.optimizer.step(&mut flat, &grads, lr);
-        run.params = flat.into_iter().map(|(k, (s, d))| (k, Tensor::new(s, d))).collect();
-        round_f32(&mut run.params);
-        run.optimizer.round_state_f32();
+        if apply {
+            let mut flat: HashMap<String, (Vec<usize>, Vec<f64>)> =
+                run.params.drain().map(|(k, v)| (k, (v.shape, v.data))).collect();
+            run.optimizer.step(&mut flat, &grads, lr);
+            run.params = flat.into_iter().map(|(k, (s, d))| (k, Tensor::new(s, d))).collect();
+            round_f32(&mut run.params);
+            run.optimizer.round_state_f32();
+        }
         if step == run.steps || run.checkpoint_every.is_some_and(|n| n > 0 && step % n == 0) {
             checkpoint(&run, step)?;
         }
@@ -366,6 +417,10 @@ pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMa
         let mut line = serde_json::json!({
             "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
         });
+        if let Some(scale) = used_scale {
+            line["loss_scale"] = serde_json::json!(scale);
+            line["skipped"] = serde_json::json!(!apply);
+        }
         for (name, v) in &extras {
             line[name] = serde_json::json!(v);
         }

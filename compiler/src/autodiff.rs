@@ -13,7 +13,21 @@ use crate::graph::{Graph, ValueId};
 
 /// Extends `graph` (scalar loss in `outputs[0]`) with the backward pass; the gradient of
 /// every parameter is in `grads`, in parameter order.
-pub fn differentiate(mut graph: Graph) -> Result<Graph, String> {
+pub fn differentiate(graph: Graph) -> Result<Graph, String> {
+    differentiate_seeded(graph, None)
+}
+
+/// The name of the scalar input that seeds the backward pass under loss scaling.
+pub const LOSS_SCALE: &str = "loss_scale";
+
+/// `differentiate` with the backward pass seeded by the f32 scalar input `LOSS_SCALE`
+/// instead of 1, so every gradient comes out multiplied by the loss scale (mixed
+/// precision: small cotangents stay representable in f16).
+pub fn differentiate_scaled(graph: Graph) -> Result<Graph, String> {
+    differentiate_seeded(graph, Some(LOSS_SCALE))
+}
+
+fn differentiate_seeded(mut graph: Graph, seed_input: Option<&str>) -> Result<Graph, String> {
     let loss = *graph.outputs.first().ok_or("the graph has no output to differentiate")?;
     if graph.ty(loss).rank() != 0 || !graph.ty(loss).dtype.is_float() {
         return Err(format!("autodiff needs a float scalar loss, found {}", graph.ty(loss)));
@@ -28,7 +42,12 @@ pub fn differentiate(mut graph: Graph) -> Result<Graph, String> {
     }
     let mut grads: Vec<Option<ValueId>> = vec![None; n];
     let mut b = Builder { g: &mut graph };
-    grads[loss.0 as usize] = Some(b.scalar(1.0, DType::F32));
+    grads[loss.0 as usize] = Some(match seed_input {
+        None => b.scalar(1.0, DType::F32),
+        Some(name) => {
+            b.g.push(Op::Input { name: name.to_string() }, Vec::new(), TensorType::scalar(DType::F32), "grad")
+        }
+    });
     for i in (0..n).rev() {
         let Some(gout) = grads[i] else { continue };
         if !needs[i] {

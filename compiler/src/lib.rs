@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod interp;
 pub mod modules;
 pub mod objective;
+pub mod passes;
 pub mod stdlib;
 
 pub use error::{Error, FileId};
@@ -350,4 +351,47 @@ pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Opt
         w.from = "--batch/--seq".into();
     }
     Ok(w)
+}
+
+/// What the interpreter (and later the backends) run, after elaboration.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Lowering {
+    /// The model's outputs (with the recipe's precision).
+    Outputs,
+    /// The objective's scalar loss.
+    Loss,
+    /// The loss and every parameter's gradient.
+    Training,
+}
+
+impl Workload {
+    /// The compute dtype of `precision = mixed(compute: ..)`; `None` for plain f32.
+    pub fn mixed_compute(&self) -> Option<graph::types::DType> {
+        match self.precision.as_str() {
+            "bf16" => Some(graph::types::DType::BF16),
+            "f16" => Some(graph::types::DType::F16),
+            _ => None,
+        }
+    }
+}
+
+/// The stages after elaboration, in order: the objective's loss, the precision pass, the
+/// backward pass (seeded by the `loss_scale` input under mixed precision).
+pub fn lower(graph: graph::Graph, w: &Workload, to: Lowering) -> Result<graph::Graph, String> {
+    let graph = if to == Lowering::Outputs {
+        graph
+    } else {
+        let objective = w.objective.as_deref().unwrap_or("causal_lm");
+        objective::apply(graph, objective::Objective::parse(objective)?)?
+    };
+    let mixed = w.mixed_compute();
+    let graph = match mixed {
+        Some(dtype) => passes::precision::mixed(&graph, dtype)?,
+        None => graph,
+    };
+    match (to, mixed) {
+        (Lowering::Training, Some(_)) => autodiff::differentiate_scaled(graph),
+        (Lowering::Training, None) => autodiff::differentiate(graph),
+        _ => Ok(graph),
+    }
 }

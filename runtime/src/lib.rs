@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod init;
+pub mod loss_scale;
 pub mod optim;
 pub mod rng;
 pub mod schedule;
