@@ -72,3 +72,34 @@ fn every_example_matches_finite_differences() {
         check_gradients(&path, &source, Some("tiny"), 12);
     }
 }
+
+/// Noisy gating in training: the backward pass sees the same noise as the forward (it is
+/// keyed), so autodiff still matches finite differences, and the noise changes the route.
+#[test]
+fn noisy_gating_is_replayed_in_the_backward_pass() {
+    let path = "tests/autodiff/noisy_moe.model";
+    let source = std::fs::read_to_string(root().join(path)).expect("fixture");
+    let graph = differentiate(compile(path, &source, None)).expect("grad");
+    let ins = inputs(&graph, 21);
+    let params = params(&graph, 0.5, 22);
+    let training = Options { training: true, seed: 9, ..Options::default() };
+    let eval = |p: &HashMap<String, Tensor>, o: &Options| run(&graph, &ins, p, o).unwrap_or_else(|e| panic!("{e}"));
+    let values = eval(&params, &training);
+    let at_inference = eval(&params, &Options::default());
+    let out = graph.outputs[0].0 as usize;
+    assert_ne!(values[out].data, at_inference[out].data, "noise is on in training");
+    let mut rng = Lcg(5);
+    for (name, id) in &graph.grads {
+        let grad = &values[id.0 as usize];
+        for _ in 0..4 {
+            let i = ((rng.next() + 1.0) / 2.0 * grad.numel() as f64) as usize % grad.numel();
+            let eps = 1e-5;
+            let (mut plus, mut minus) = (params.clone(), params.clone());
+            plus.get_mut(name).expect("param").data[i] += eps;
+            minus.get_mut(name).expect("param").data[i] -= eps;
+            let fd = (eval(&plus, &training)[out].data[0] - eval(&minus, &training)[out].data[0]) / (2.0 * eps);
+            let ad = grad.data[i];
+            assert!((fd - ad).abs() <= 1e-6 + 1e-5 * fd.abs().max(ad.abs()), "d/d {name}[{i}]: autodiff {ad}, fd {fd}");
+        }
+    }
+}

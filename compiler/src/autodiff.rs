@@ -380,6 +380,7 @@ impl Builder<'_> {
             }
             // The same mask (same key), the same scaling.
             Op::Dropout { p, key } => vec![Some(self.push(Op::Dropout { p: *p, key: *key }, vec![g], s)?)],
+            Op::Noise { .. } => vec![Some(g)],
             Op::Reduce { kind, axes, keepdim } => {
                 let tx = self.ty(a(0));
                 let spread = self.expand(g, &tx, axes, *keepdim, s)?;
@@ -670,7 +671,8 @@ impl Builder<'_> {
     /// Through `moe_route`: each kept weight is `p_e / S` with `S` the sum of the chosen
     /// experts' probabilities, so `dL/dp_j = M_j (G_j K_j / S − Σ_e G_e K_e p_e / S²)`
     /// (`G` the gradient summed over slots, `K` kept, `M` chosen), then the softmax. The
-    /// routing choice itself is piecewise constant. Router noise is not replayed here.
+    /// routing choice itself is piecewise constant. With noisy gating `logits` are the noisy
+    /// ones (a `noise` node in front), so the route is differentiated where it was taken.
     fn route_vjp(&mut self, logits: ValueId, route: ValueId, g: ValueId, k: i64, s: &str) -> Result<ValueId, String> {
         let tl = self.ty(logits);
         let dt = tl.dtype;

@@ -1175,6 +1175,7 @@ impl<'a> Builder<'a> {
             | Op::Softcap { .. }
             | Op::Cast { .. }
             | Op::Dropout { .. }
+            | Op::Noise { .. }
             | Op::MatMul
             | Op::Embedding => op.clone(),
             Op::Reduce { kind, axes, keepdim } => {
@@ -1224,6 +1225,7 @@ impl<'a> Builder<'a> {
                         | Op::Cumsum { .. }
                         | Op::Cast { .. }
                         | Op::Dropout { .. }
+                        | Op::Noise { .. }
                         | Op::Softcap { .. }
                         | Op::Unary(_) => per_copy_rank,
                         _ => r,
@@ -1691,7 +1693,15 @@ impl<'a> Builder<'a> {
                     None => lt.shape[0].clone(),
                     Some(cf) => self.capacity_dim(cf, k, &lt.shape[0], &lt.shape[1]),
                 };
-                let combine = self.node(Op::MoeRoute { k, capacity, noise }, vec![logits], frame, span)?;
+                // Noisy top-k gating: the route (and its gradient) sees the noisy logits; the
+                // balance and z-losses keep the clean ones.
+                let gated = if noise > 0.0 {
+                    let key = self.graph.nodes.iter().filter(|n| matches!(n.op, Op::Noise { .. })).count() as u64;
+                    self.node(Op::Noise { std: noise, key }, vec![logits], frame, span)?
+                } else {
+                    logits
+                };
+                let combine = self.node(Op::MoeRoute { k, capacity }, vec![gated], frame, span)?;
                 Ok(RValue::Route { combine, logits, k })
             }
             "moe_dispatch" | "moe_combine" | "moe_balance" => {

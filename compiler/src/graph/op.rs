@@ -106,6 +106,13 @@ pub enum Op {
         /// using the same key.
         key: u64,
     },
+    /// Adds Gaussian noise of std `std` in training (noisy top-k gating); identity at
+    /// inference. Its gradient is the identity: the noise is a constant offset, drawn
+    /// from the stream named by `key`, so replaying it needs nothing from the backward.
+    Noise {
+        std: f64,
+        key: u64,
+    },
 
     // ---- reductions and normalisations over axes
     Reduce {
@@ -202,11 +209,10 @@ pub enum Op {
     /// Router logits `[N, E]` → combine weights `[N, E, C]`: softmax over all experts,
     /// top-k renormalised, then each expert keeps its first `C` assignments (all first
     /// choices before second choices, then token order); a dropped assignment is 0.
-    /// `noise` is the std of the gating noise added in training.
+    /// Noisy gating adds a `Noise` node in front.
     MoeRoute {
         k: i64,
         capacity: Dim,
-        noise: f64,
     },
     /// `x [N, d]` gathered into expert slots `[E, C, d]` by the route `[N, E, C]`.
     MoeDispatch,
@@ -367,6 +373,7 @@ impl Op {
             Op::Softcap { .. } => "softcap".into(),
             Op::Cast { .. } => "cast".into(),
             Op::Dropout { .. } => "dropout".into(),
+            Op::Noise { .. } => "noise".into(),
             Op::Reduce { kind, .. } => kind.name().into(),
             Op::Softmax { .. } => "softmax".into(),
             Op::LogSoftmax { .. } => "log_softmax".into(),
@@ -408,6 +415,7 @@ impl Op {
             Op::Softcap { cap } => format!(" cap={cap:?}"),
             Op::Cast { to } => format!(" to={}", to.name()),
             Op::Dropout { p, key } => format!(" p={p:?} key={key}"),
+            Op::Noise { std, key } => format!(" std={std:?} key={key}"),
             Op::Reduce { axes, keepdim, .. } => format!(" axes={axes:?} keepdim={keepdim}"),
             Op::Pad { axis, before, after, value } => {
                 format!(" axis={axis} before={before} after={after} value={value:?}")
@@ -437,7 +445,7 @@ impl Op {
             Op::OneHot { n } => format!(" n={n}"),
             Op::CrossEntropy { ignore } => format!(" ignore={ignore}"),
             Op::Lstm { reverse } => format!(" reverse={reverse}"),
-            Op::MoeRoute { k, capacity, noise } => format!(" k={k} capacity={capacity} noise={noise:?}"),
+            Op::MoeRoute { k, capacity } => format!(" k={k} capacity={capacity}"),
             Op::MoeBalance { k } | Op::MoeLoad { k } | Op::MoeOverflow { k } => format!(" k={k}"),
             Op::Unary(_)
             | Op::Binary(_)
@@ -504,7 +512,7 @@ impl Op {
                     .map_err(|e| format!("`where` arguments do not broadcast: {e}"))?;
                 Ok(TensorType::new(args[1].dtype, s))
             }
-            Op::Softcap { .. } | Op::Dropout { .. } => {
+            Op::Softcap { .. } | Op::Dropout { .. } | Op::Noise { .. } => {
                 arity(1)?;
                 Ok(args[0].clone())
             }
@@ -869,6 +877,7 @@ impl Op {
             Op::Unary(u) => per_out(u.flops() + 1),
             // One product per differentiable operand.
             Op::Binary(_) | Op::Where | Op::Cast { .. } | Op::Dropout { .. } => per_out(2),
+            Op::Noise { .. } => per_out(1),
             Op::Softcap { .. } => per_out(4),
             // Broadcast back over the reduced axes (and the statistics, for var/logsumexp).
             Op::Reduce { kind: Reduce::Var | Reduce::LogSumExp, .. } => args[0].numel().mul(&Dim::constant(3)),
@@ -913,7 +922,7 @@ impl Op {
             Op::Unary(u) => per_out(u.flops()),
             Op::Binary(_) | Op::Where | Op::Cast { .. } | Op::OneHot { .. } | Op::Cumsum { .. } => per_out(1),
             Op::Softcap { .. } => per_out(3),
-            Op::Dropout { .. } => per_out(2),
+            Op::Dropout { .. } | Op::Noise { .. } => per_out(2),
             Op::Reduce { .. } => args[0].numel(),
             // max, subtract, exp, sum, divide.
             Op::Softmax { .. } | Op::LogSoftmax { .. } => per_out(5),

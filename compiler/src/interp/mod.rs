@@ -59,11 +59,10 @@ pub fn run(
             .ok_or_else(|| RunError(format!("dim {d} is not bound by the inputs")))?;
         usize::try_from(v).map_err(|_| RunError(format!("dim {d} is negative ({v})")))
     };
-    let mut rng = SplitMix(options.seed);
     let mut values: Vec<Tensor> = Vec::with_capacity(graph.nodes.len());
     for node in &graph.nodes {
         let args: Vec<&Tensor> = node.args.iter().map(|a| &values[a.0 as usize]).collect();
-        let mut v = eval(&node.op, &args, node.ty.dtype, inputs, params, &dim, options, &mut rng)?;
+        let mut v = eval(&node.op, &args, node.ty.dtype, inputs, params, &dim, options)?;
         let want: Vec<usize> = node.ty.shape.iter().map(&dim).collect::<Result<_, _>>()?;
         if v.shape != want {
             return Err(RunError(format!(
@@ -123,8 +122,8 @@ fn round_to(t: &mut Tensor, dtype: DType) {
     t.data.iter_mut().for_each(|x| *x = f(*x));
 }
 
-/// SplitMix64: a tiny, well-mixed generator, so that one seed fixes every dropout mask
-/// and noise draw, in node order.
+/// SplitMix64: a tiny, well-mixed generator; each dropout mask and noise draw gets its own,
+/// seeded by (seed, key), so one seed fixes them all and the backward pass replays them.
 struct SplitMix(u64);
 
 impl SplitMix {
@@ -254,13 +253,9 @@ fn index(v: f64, len: usize, what: &str) -> Result<usize, RunError> {
 /// renormalised over the k; then slots are given in GShard order (every token's first
 /// choice in token order, then every second choice, ...), and an assignment past an
 /// expert's `C` slots is dropped (weight 0: the residual carries the token).
-fn moe_route(logits: &Tensor, k: usize, capacity: usize, noise: f64, rng: &mut SplitMix, training: bool) -> Tensor {
+fn moe_route(logits: &Tensor, k: usize, capacity: usize) -> Tensor {
     let (n, e) = (logits.shape[0], logits.shape[1]);
-    let mut noisy = logits.clone();
-    if training && noise > 0.0 {
-        noisy.data.iter_mut().for_each(|x| *x += noise * rng.normal());
-    }
-    let probs = softmax(&noisy, 1, false);
+    let probs = softmax(logits, 1, false);
     let mut choices = vec![Vec::new(); n];
     for (t, c) in choices.iter_mut().enumerate() {
         let row = &probs.data[t * e..(t + 1) * e];
@@ -284,7 +279,6 @@ fn moe_route(logits: &Tensor, k: usize, capacity: usize, noise: f64, rng: &mut S
     out
 }
 
-#[allow(clippy::too_many_arguments)]
 fn eval(
     op: &Op,
     args: &[&Tensor],
@@ -293,7 +287,6 @@ fn eval(
     params: &HashMap<String, Tensor>,
     dim: &dyn Fn(&Dim) -> Result<usize, RunError>,
     options: &Options,
-    rng: &mut SplitMix,
 ) -> Result<Tensor, RunError> {
     Ok(match op {
         Op::Input { name } => inputs.get(name).cloned().ok_or_else(|| RunError(format!("missing input `{name}`")))?,
@@ -379,6 +372,15 @@ fn eval(
                 t.data.iter_mut().for_each(|x| *x = if mask.uniform() < *p { 0.0 } else { *x / keep });
                 t
             }
+        }
+        Op::Noise { std, key } => {
+            let mut t = args[0].clone();
+            if options.training && *std > 0.0 {
+                // Like dropout's mask, a function of (seed, key) only.
+                let mut draw = SplitMix(options.seed ^ key.wrapping_mul(0xE703_7ED1_A0B4_28DB) ^ 0x6E6F_6973_65);
+                t.data.iter_mut().for_each(|x| *x += std * draw.normal());
+            }
+            t
         }
         Op::Reduce { kind, axes, keepdim } => reduce(args[0], *kind, axes, *keepdim),
         Op::Softmax { axis } => softmax(args[0], *axis, false),
@@ -516,9 +518,7 @@ fn eval(
             Tensor::scalar(if count == 0 { 0.0 } else { total / count as f64 })
         }
         Op::Lstm { reverse } => lstm(args, *reverse),
-        Op::MoeRoute { k, capacity, noise } => {
-            moe_route(args[0], *k as usize, dim(capacity)?, *noise, rng, options.training)
-        }
+        Op::MoeRoute { k, capacity } => moe_route(args[0], *k as usize, dim(capacity)?),
         Op::MoeDispatch => {
             let (route, x) = (args[0], args[1]);
             let (n, e, c, d) = (route.shape[0], route.shape[1], route.shape[2], x.shape[1]);

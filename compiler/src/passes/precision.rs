@@ -40,6 +40,7 @@ fn class(op: &Op) -> Class {
         | Op::Cumsum { .. }
         | Op::Lstm { .. }
         | Op::MoeRoute { .. }
+        | Op::Noise { .. }
         | Op::MoeBalance { .. }
         | Op::MoeZLoss
         | Op::MoeLoad { .. }
