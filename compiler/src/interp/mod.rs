@@ -377,7 +377,7 @@ fn eval(
             let mut t = args[0].clone();
             if options.training && *std > 0.0 {
                 // Like dropout's mask, a function of (seed, key) only.
-                let mut draw = SplitMix(options.seed ^ key.wrapping_mul(0xE703_7ED1_A0B4_28DB) ^ 0x6E6F_6973_65);
+                let mut draw = SplitMix(options.seed ^ key.wrapping_mul(0xE703_7ED1_A0B4_28DB) ^ 0x006E_6F69_7365);
                 t.data.iter_mut().for_each(|x| *x += std * draw.normal());
             }
             t
