@@ -283,7 +283,9 @@ pub fn run(path: &Path, target: &Target, args: &RunArgs, report: &Reporter) -> i
     let inputs = if args.texts.is_empty() {
         corpus_inputs(&graph, &w, seed)
     } else {
-        text_inputs(&graph, args.tokenizer, args.texts)
+        // A `--weights` directory that brings its tokenizer is used when none is given.
+        let bundled = args.weights.filter(|w| w.join("tokenizer.json").exists() || w.join("vocab.txt").exists());
+        text_inputs(&graph, args.tokenizer.or(bundled), args.texts)
     };
     let inputs = match inputs {
         Ok(inputs) => inputs,

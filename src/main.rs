@@ -107,7 +107,7 @@ enum Command {
         #[arg(long)]
         weights: Option<PathBuf>,
         /// A `tokenizer.json`, a WordPiece `vocab.txt`, or a directory holding one (default:
-        /// bytes).
+        /// the `--weights` directory's, else bytes).
         #[arg(long)]
         tokenizer: Option<PathBuf>,
         /// Run the model on this text instead of the objective (repeatable: one batch,

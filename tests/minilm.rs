@@ -142,3 +142,17 @@ fn padded_batches_equal_one_text_at_a_time() {
         assert!(d <= 1e-6, "{text:?}: batched and alone differ by {d:e}");
     }
 }
+
+#[test]
+fn a_weights_directory_brings_its_tokenizer() {
+    let dir = model_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_modelc"))
+        .current_dir(root())
+        .args(["run", "examples/minilm.model", "--json", "--text", "Hello world", "--weights"])
+        .arg(&dir)
+        .output()
+        .expect("running modelc");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json["output"].as_array().expect("rows").clone(), run("examples/minilm.model", None, &["Hello world"]));
+}
