@@ -6,6 +6,7 @@ use crate::report::Reporter;
 use modelc_compiler::Lowering;
 use modelc_compiler::{inspect, Program, Target};
 use modelc_grammar::{dump, format, parse, Parsed, SourceFile};
+use std::collections::HashMap;
 use std::path::Path;
 
 pub const EXIT_OK: i32 = 0;
@@ -242,6 +243,7 @@ pub struct RunArgs<'a> {
 /// The parameters `run` uses: imported weights, a checkpoint, or fresh ones.
 fn run_params(
     instance: &modelc_compiler::elab::instance::Instance,
+    w: &modelc_compiler::Workload,
     args: &RunArgs,
     seed: u64,
 ) -> Result<std::collections::HashMap<String, modelc_compiler::interp::tensor::Tensor>, String> {
@@ -249,7 +251,7 @@ fn run_params(
         return crate::weights::import(instance, w);
     }
     let Some(p) = args.checkpoint else {
-        return Ok(crate::train::init_params(instance, seed));
+        return crate::train::initial_params(instance, w, seed);
     };
     if p.is_dir() {
         crate::train::latest_checkpoint(p).map(|(_, params, _, _)| params)
@@ -273,7 +275,7 @@ pub fn run(path: &Path, target: &Target, args: &RunArgs, report: &Reporter) -> i
         Err(code) => return code,
     };
     let seed = args.seed.unwrap_or(w.seed);
-    let params = match run_params(&instance, args, seed) {
+    let params = match run_params(&instance, &w, args, seed) {
         Ok(params) => params,
         Err(why) => {
             report.plain_error(&why);
@@ -487,7 +489,17 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
         std::path::PathBuf::from("runs").join(format!("{stem}-{}", target.recipe.as_deref().unwrap_or("tiny")))
     });
     // Resuming: the latest checkpoint's parameters and optimizer state, its metrics kept.
-    let mut params = crate::train::init_params(&instance, seed);
+    let mut params = if args.resume.is_some() {
+        HashMap::new()
+    } else {
+        match crate::train::initial_params(&instance, &w, seed) {
+            Ok(p) => p,
+            Err(why) => {
+                report.plain_error(&why);
+                return EXIT_INPUT;
+            }
+        }
+    };
     let mut optimizer = optimizer;
     let mut start_step = 1;
     if let Some(from) = args.resume {
@@ -570,12 +582,82 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
         loss_scale,
     };
     match crate::train::train(run, &mut metrics, (steps / 20).max(1)) {
-        Ok(_) => {
+        Ok(params) => {
             let _ = std::io::Write::flush(&mut metrics);
-            EXIT_OK
+            // `final.safetensors`: the plain weights to start from, or to run; a LoRA
+            // recipe with `merge = true` folds its adapters in first.
+            let merge = matches!(entry("merge"), Some(Value::Bool(true)));
+            let mut tensors: modelc_runtime::checkpoint::Tensors =
+                params.into_iter().map(|(k, t)| (k, (t.shape, t.data))).collect();
+            if let (true, Some(lora)) = (merge, &w.lora) {
+                if let Err(why) = modelc_compiler::adapters::merge(&mut tensors, lora.scale()) {
+                    report.plain_error(&format!("merging the adapters: {why}"));
+                    return EXIT_INPUT;
+                }
+            }
+            let file = dir.join("final.safetensors");
+            match modelc_runtime::checkpoint::save(&file, &tensors) {
+                Ok(()) => {
+                    eprintln!("final weights{} in {}", if merge { " (adapters merged)" } else { "" }, file.display());
+                    EXIT_OK
+                }
+                Err(why) => {
+                    report.plain_error(&why);
+                    EXIT_INPUT
+                }
+            }
         }
         Err(why) => {
             report.plain_error(&format!("training: {why}"));
+            EXIT_INPUT
+        }
+    }
+}
+
+/// `modelc merge`: a LoRA run's checkpoint with `lora_a @ lora_b * alpha / rank` folded
+/// into each adapted weight, written as a plain checkpoint of the base model.
+pub fn merge(path: &Path, target: &Target, checkpoint: &Path, out: &Path, report: &Reporter) -> i32 {
+    let Some(program) = load_program(path, report) else {
+        return EXIT_INPUT;
+    };
+    let mut target = target.clone();
+    if target.recipe.is_none() {
+        target.recipe = Some("tiny".to_string());
+    }
+    let w = match modelc_compiler::workload(&program, &target, None, None) {
+        Ok(w) => w,
+        Err(e) => {
+            report_compile_error(&e, &program, report);
+            return EXIT_INPUT;
+        }
+    };
+    let Some(lora) = &w.lora else {
+        report.plain_error(&format!(
+            "recipe `{}` has no `adapter = lora(...)`: there is nothing to merge",
+            target.recipe.as_deref().unwrap_or_default()
+        ));
+        return EXIT_INPUT;
+    };
+    let loaded = if checkpoint.is_dir() {
+        crate::train::latest_checkpoint(checkpoint)
+            .map(|(_, p, _, _)| p.into_iter().map(|(k, t)| (k, (t.shape, t.data))).collect())
+    } else {
+        modelc_runtime::checkpoint::load(checkpoint)
+    };
+    let merged = loaded.and_then(|mut tensors| {
+        let n = modelc_compiler::adapters::merge(&mut tensors, lora.scale())?;
+        if n == 0 {
+            return Err(format!("`{}` holds no `lora_a`/`lora_b` tensors", checkpoint.display()));
+        }
+        modelc_runtime::checkpoint::save(out, &tensors).map(|_| n)
+    });
+    match merged {
+        Ok(n) => {
+            eprintln!("merged {n} adapters (scale {}) into {}", lora.scale(), out.display());
+            EXIT_OK
+        }
+        Err(why) => {
+            report.plain_error(&why);
             EXIT_INPUT
         }
     }

@@ -144,6 +144,19 @@ enum Command {
         #[arg(long)]
         resume: Option<PathBuf>,
     },
+    /// Fold a LoRA recipe's adapters into the base weights: a plain checkpoint that the
+    /// model without the adapter loads.
+    Merge {
+        file: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The adapted checkpoint: a safetensors file, or a run directory (its latest).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Where to write the merged weights.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
     /// Generate text from a checkpoint (not implemented yet).
     Generate {
         file: PathBuf,
@@ -160,6 +173,13 @@ fn parse_set(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() {
+    // Rust ignores SIGPIPE, so a closed pipe (`modelc run ... | head`) would make every
+    // `println!` panic; the default action ends the process quietly, as other tools do.
+    #[cfg(unix)]
+    // SAFETY: called first in `main`, before any thread exists; SIG_DFL is always valid.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let color = match cli.color {
         Color::Always => true,
@@ -200,6 +220,9 @@ fn main() {
                 resume: resume.as_deref(),
             };
             commands::train(&file, &target.target(), &args, &report)
+        }
+        Command::Merge { file, target, checkpoint, out } => {
+            commands::merge(&file, &target.target(), &checkpoint, &out, &report)
         }
         Command::Generate { .. } => commands::not_implemented("`modelc generate`", &report),
     });

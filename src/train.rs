@@ -38,6 +38,65 @@ pub fn init_params(instance: &Instance, seed: u64) -> HashMap<String, Tensor> {
     params
 }
 
+/// The parameters a run starts from: the declared initialisers, then the recipe's `from`
+/// checkpoint over them. Every parameter must come from the checkpoint, except trainable
+/// ones of a recipe that trains only some (a new adapter keeps its initialiser); every
+/// tensor of the checkpoint must be a parameter of the same shape.
+pub fn initial_params(
+    instance: &Instance,
+    w: &modelc_compiler::Workload,
+    seed: u64,
+) -> Result<HashMap<String, Tensor>, String> {
+    let mut params = init_params(instance, seed);
+    let Some(base) = &w.base else { return Ok(params) };
+    let path = std::path::Path::new(base);
+    let loaded = if path.is_dir() {
+        latest_checkpoint(path).map(|(_, p, _, _)| p.into_iter().map(|(k, t)| (k, (t.shape, t.data))).collect())
+    } else {
+        modelc_runtime::checkpoint::load(path)
+    };
+    let tensors = loaded.map_err(|e| {
+        format!(
+            "the recipe starts `from \"{base}\"`, which cannot be read: {e}\n  help: the path is relative to the working directory; train the base model first (`modelc train examples/llama.model` writes `runs/llama-tiny/final.safetensors`)"
+        )
+    })?;
+    let (mut unexpected, mut wrong) = (Vec::new(), Vec::new());
+    let mut found = std::collections::HashSet::new();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let (shape, data) = &tensors[name];
+        match params.get_mut(name) {
+            None => unexpected.push(name.clone()),
+            Some(t) if &t.shape != shape => {
+                wrong.push(format!("{name}: the checkpoint's is {shape:?}, the model's {:?}", t.shape))
+            }
+            Some(t) => {
+                t.data.clone_from(data);
+                found.insert(name.clone());
+            }
+        }
+    }
+    let mut missing: Vec<String> = params
+        .keys()
+        .filter(|k| !found.contains(*k) && (w.trainable.is_none() || !w.is_trainable(k)))
+        .cloned()
+        .collect();
+    missing.sort();
+    if missing.is_empty() && wrong.is_empty() && unexpected.is_empty() {
+        return Ok(params);
+    }
+    let mut msg = format!("the checkpoint `{base}` does not fit `{}`:", instance.block_name);
+    for (what, list) in [("missing from it", &missing), ("not in the model", &unexpected), ("wrong shape", &wrong)] {
+        if !list.is_empty() {
+            let more = if list.len() > 8 { format!(" (and {} more)", list.len() - 8) } else { String::new() };
+            msg.push_str(&format!("\n  {what}: {}{more}", list.iter().take(8).cloned().collect::<Vec<_>>().join(", ")));
+        }
+    }
+    msg.push_str("\n  help: the recipe's model arguments must be those the checkpoint was trained with");
+    Err(msg)
+}
+
 fn num(v: &Value) -> Option<f64> {
     match v {
         Value::Int(i) => Some(*i as f64),

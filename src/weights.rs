@@ -49,7 +49,7 @@ pub fn import(instance: &Instance, path: &Path) -> Result<HashMap<String, Tensor
     });
     let unexpected: BTreeSet<String> = tensors
         .iter()
-        .filter(|(name, _)| !unused.iter().any(|g| glob_match(g, name)))
+        .filter(|(name, _)| !unused.iter().any(|g| modelc_compiler::glob::matches(g, name)))
         .map(|(name, (shape, _))| format!("{name} {}", dims(shape)))
         .collect();
     if missing.is_empty() && wrong.is_empty() && unexpected.is_empty() {
@@ -106,30 +106,9 @@ fn dims(shape: &[usize]) -> String {
     format!("[{}]", shape.iter().map(usize::to_string).collect::<Vec<_>>().join(", "))
 }
 
-/// `*` matches any run of characters (dots included), everything else itself.
-fn glob_match(glob: &str, name: &str) -> bool {
-    match glob.split_once('*') {
-        None => glob == name,
-        Some((head, rest)) => {
-            let Some(tail) = name.strip_prefix(head) else { return false };
-            (0..=tail.len()).filter(|&i| tail.is_char_boundary(i)).any(|i| glob_match(rest, &tail[i..]))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("pooler.*", "pooler.dense.weight"));
-        assert!(glob_match("*.bias", "a.b.bias"));
-        assert!(glob_match("a.*.c", "a.x.y.c"));
-        assert!(!glob_match("pooler.*", "encoder.pooler.x"));
-        assert!(!glob_match("a.*.c", "a.x.d"));
-        assert!(glob_match("exact", "exact"));
-    }
 
     #[test]
     fn permutation_round_trip() {

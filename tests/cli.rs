@@ -284,6 +284,10 @@ fn every_example_recipe_trains_and_its_loss_falls() {
         if !source.contains("\nrecipe ") {
             continue;
         }
+        // Fine-tuning recipes start `from` a trained base: tests/adapters.rs trains one.
+        if source.contains(" from \"runs/") {
+            continue;
+        }
         let dir = base.join(file.replace('/', "_"));
         let d = dir.to_string_lossy().into_owned();
         let out = modelc(&["train", &file, "--steps", "10", "--out", &d]);

@@ -27,7 +27,18 @@ pub fn differentiate_scaled(graph: Graph) -> Result<Graph, String> {
     differentiate_seeded(graph, Some(LOSS_SCALE))
 }
 
-fn differentiate_seeded(mut graph: Graph, seed_input: Option<&str>) -> Result<Graph, String> {
+fn differentiate_seeded(graph: Graph, seed_input: Option<&str>) -> Result<Graph, String> {
+    differentiate_params(graph, seed_input, &|_| true)
+}
+
+/// The backward pass for the parameters `trainable` accepts: frozen ones (a LoRA's base)
+/// are constants to it, get no gradient and cost no backward nodes of their own. The
+/// backward is seeded by the scalar input `seed_input`, or 1.
+pub fn differentiate_params(
+    mut graph: Graph,
+    seed_input: Option<&str>,
+    trainable: &dyn Fn(&str) -> bool,
+) -> Result<Graph, String> {
     let loss = *graph.outputs.first().ok_or("the graph has no output to differentiate")?;
     if graph.ty(loss).rank() != 0 || !graph.ty(loss).dtype.is_float() {
         return Err(format!("autodiff needs a float scalar loss, found {}", graph.ty(loss)));
@@ -38,7 +49,8 @@ fn differentiate_seeded(mut graph: Graph, seed_input: Option<&str>) -> Result<Gr
     for i in 0..n {
         let node = &graph.nodes[i];
         needs[i] = node.ty.dtype.is_float()
-            && (matches!(node.op, Op::Param { .. }) || node.args.iter().any(|a| needs[a.0 as usize]));
+            && (matches!(&node.op, Op::Param { name } if trainable(name))
+                || node.args.iter().any(|a| needs[a.0 as usize]));
     }
     let mut grads: Vec<Option<ValueId>> = vec![None; n];
     let mut b = Builder { g: &mut graph };
@@ -71,6 +83,9 @@ fn differentiate_seeded(mut graph: Graph, seed_input: Option<&str>) -> Result<Gr
     let mut out = Vec::new();
     for (i, grad) in grads.iter().enumerate() {
         if let Op::Param { name } = &b.g.nodes[i].op {
+            if !trainable(name) {
+                continue;
+            }
             let name = name.clone();
             let grad = match *grad {
                 Some(g) => g,

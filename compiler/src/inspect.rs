@@ -69,12 +69,21 @@ pub struct Memory {
 #[derive(Clone, Debug, Serialize)]
 pub struct Params {
     pub total: u64,
+    /// What the recipe trains (`adapter`, `trainable`); the rest is frozen.
+    pub trainable: u64,
+    pub frozen: u64,
     pub tree: Vec<Node>,
 }
 
 pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report {
     let args = instance.args.iter().map(|(k, v)| (k.clone(), json(v))).collect();
     let total = instance.param_count();
+    let mut trainable = 0u64;
+    instance.for_each_param("", &[], &mut |name, shape| {
+        if workload.is_trainable(name) {
+            trainable += shape.iter().map(|&d| d as u64).product::<u64>();
+        }
+    });
     // `B` is the batch; every other signature symbol (`T`, `S`) is the sequence length.
     let (batch, seq) = (workload.batch, workload.seq);
     let bind = move |s: &str| Some(if s == "B" { batch } else { seq });
@@ -97,12 +106,13 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
     let mixed = workload.precision != "f32";
     // f32 parameters, plus a compute copy in 2 bytes under mixed precision.
     let params_bytes = total * if mixed { 6 } else { 4 };
-    let grads_bytes = total * if mixed { 2 } else { 4 };
+    // Frozen parameters have no gradient and no optimizer state.
+    let grads_bytes = trainable * if mixed { 2 } else { 4 };
     let optimizer_bytes = optimizer_bytes(instance, &workload);
     Report {
         model: instance.block_name.clone(),
         args,
-        params: Params { total, tree: children(instance, 1, &[]) },
+        params: Params { total, trainable, frozen: total - trainable, tree: children(instance, 1, &[]) },
         flops: {
             let per_param = match workload.optimizer.as_str() {
                 "sgd" if workload.momentum => 3,
@@ -110,7 +120,7 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
                 "adafactor" => 10,
                 _ => 12,
             };
-            let optimizer = total * per_param;
+            let optimizer = trainable * per_param;
             let train = forward + backward + optimizer;
             Flops {
                 forward_per_token: forward / tokens,
@@ -132,7 +142,10 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
 /// vectors) and no momentum.
 fn optimizer_bytes(instance: &Instance, w: &Workload) -> u64 {
     let mut bytes = 0u64;
-    instance.for_each_param("", &[], &mut |_, shape| {
+    instance.for_each_param("", &[], &mut |name, shape| {
+        if !w.is_trainable(name) {
+            return;
+        }
         let numel: u64 = shape.iter().map(|&d| d as u64).product();
         bytes += 4 * match w.optimizer.as_str() {
             "sgd" if w.momentum => numel,
@@ -256,6 +269,12 @@ pub fn render(report: &Report) -> String {
         out.push('\n');
     }
     out.push_str(&format!("{:w0$}  {:w1$}  {:>w2$}\n", "total", "", thousands(report.params.total)));
+    let p = &report.params;
+    if p.frozen > 0 {
+        let share = 100.0 * p.trainable as f64 / p.total.max(1) as f64;
+        out.push_str(&format!("{:w0$}  {:w1$}  {:>w2$}  {share:>6.2}%\n", "trainable", "", thousands(p.trainable)));
+        out.push_str(&format!("{:w0$}  {:w1$}  {:>w2$}\n", "frozen", "", thousands(p.frozen)));
+    }
     let (f, m, w) = (&report.flops, &report.memory, &report.workload);
     out.push_str(&format!("\nWorkload: batch {}, sequence {} ({})\n", w.batch, w.seq, w.from));
     out.push_str("FLOPs (from the Graph IR's op costs)\n");

@@ -6,9 +6,11 @@
 //! Architecture invariant: `compiler` depends on `grammar` for the AST and diagnostics
 //! only; nothing in `grammar` knows about this crate.
 
+pub mod adapters;
 pub mod autodiff;
 pub mod elab;
 pub mod error;
+pub mod glob;
 pub mod graph;
 pub mod inspect;
 pub mod interp;
@@ -52,7 +54,28 @@ pub fn instantiate(program: &mut Program, target: &Target) -> Result<Instance, E
         args.extend(overrides);
     }
     let consts = Consts::default();
-    Instantiator::new(program, &consts).instantiate(block, &args, site)
+    let instance = Instantiator::new(program, &consts).instantiate(block, &args, site)?;
+    // A recipe's `adapter = lora(...)` rewrites the tree before anything sees it.
+    let adapter = target.recipe.as_deref().and_then(|r| recipe_entry(program, r, "adapter"));
+    match adapter {
+        Some(entry) => {
+            let mut scope = Scope::new(program, &consts, 0);
+            scope.recipe = true;
+            let value = scope.eval(&entry.value)?;
+            drop(scope);
+            let lora = adapters::parse_lora(&value, root, entry.value.span)?;
+            adapters::apply_lora(program, instance, &lora, (root, entry.value.span))
+        }
+        None => Ok(instance),
+    }
+}
+
+/// The entry `key` of the root file's recipe `recipe`.
+fn recipe_entry(program: &Program, recipe: &str, key: &str) -> Option<modelc_grammar::ast::Entry> {
+    program.modules[0].ast.items.iter().find_map(|it| match &it.kind {
+        ItemKind::Recipe(r) if r.name.name == recipe => r.entries.iter().find(|e| e.key.name == key).cloned(),
+        _ => None,
+    })
 }
 
 /// Everything `modelc check` verifies: every model of the root file that can be built
@@ -288,6 +311,15 @@ pub struct Workload {
     pub seed: u64,
     /// The recipe's `objective` word (`causal_lm`, `mlm`, ...), if it has one.
     pub objective: Option<String>,
+    /// `Model(...) from "PATH"`: the checkpoint the recipe starts from (relative to the
+    /// working directory, like `runs/`).
+    pub base: Option<String>,
+    /// The recipe's LoRA adapter, if any.
+    #[serde(skip)]
+    pub lora: Option<adapters::Lora>,
+    /// Globs of the parameters that train (`trainable = [...]`, and a LoRA's `lora_a`,
+    /// `lora_b`); `None` trains every parameter.
+    pub trainable: Option<Vec<String>>,
     /// Every entry of the recipe, evaluated, for the runtime to read (`optimizer`,
     /// `schedule`, `clip`, `accumulate`, `steps`, ...).
     #[serde(skip)]
@@ -304,6 +336,9 @@ pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Opt
         precision: "f32".into(),
         seed: 0,
         objective: None,
+        base: None,
+        lora: None,
+        trainable: None,
         entries: Vec::new(),
     };
     if let Some(name) = &target.recipe {
@@ -338,6 +373,36 @@ pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Opt
                 ("precision", Value::Symbol(p)) => w.precision = p,
                 ("seed", Value::Int(s)) => w.seed = s as u64,
                 ("objective", Value::Symbol(o) | Value::Call { name: o, .. }) => w.objective = Some(o),
+                ("model", Value::Call { name, args }) if name == "from" => {
+                    if let Some((_, Value::Str(path))) = args.get(1) {
+                        w.base = Some(path.clone());
+                    }
+                }
+                ("adapter", value) => {
+                    let lora = adapters::parse_lora(&value, FileId(0), entry.value.span)?;
+                    let globs = w.trainable.get_or_insert_with(Vec::new);
+                    globs.extend(adapters::LORA_PARAMS.iter().map(|g| g.to_string()));
+                    w.lora = Some(lora);
+                }
+                ("trainable", Value::List(items)) => {
+                    let globs = w.trainable.get_or_insert_with(Vec::new);
+                    for item in items {
+                        match item {
+                            Value::Str(g) => globs.push(g),
+                            other => {
+                                return Err(Error::new(
+                                    FileId(0),
+                                    Diagnostic::error(
+                                        format!("`trainable` lists parameter globs, found {}", other.kind()),
+                                        entry.value.span,
+                                    )
+                                    .with_label("here")
+                                    .with_help("write `trainable = [\"prompt.*\"]`"),
+                                ))
+                            }
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -365,6 +430,11 @@ pub enum Lowering {
 }
 
 impl Workload {
+    /// Whether the recipe trains parameter `name` (every one, unless it says otherwise).
+    pub fn is_trainable(&self, name: &str) -> bool {
+        self.trainable.as_ref().is_none_or(|globs| globs.iter().any(|g| glob::matches(g, name)))
+    }
+
     /// The compute dtype of `precision = mixed(compute: ..)`; `None` for plain f32.
     pub fn mixed_compute(&self) -> Option<graph::types::DType> {
         match self.precision.as_str() {
@@ -390,8 +460,10 @@ pub fn lower(graph: graph::Graph, w: &Workload, to: Lowering) -> Result<graph::G
         None => graph,
     };
     match (to, mixed) {
-        (Lowering::Training, Some(_)) => autodiff::differentiate_scaled(graph),
-        (Lowering::Training, None) => autodiff::differentiate(graph),
+        (Lowering::Training, mixed) => {
+            let seed = mixed.map(|_| autodiff::LOSS_SCALE);
+            autodiff::differentiate_params(graph, seed, &|name| w.is_trainable(name))
+        }
         _ => Ok(graph),
     }
 }

@@ -51,6 +51,49 @@ impl Program {
     }
 }
 
+/// An item of a stdlib module (`std.adapters.LoRA`), loading the module if the program
+/// does not import it: recipe adapters put stdlib blocks into models that never named
+/// them.
+pub fn std_item(program: &mut Program, module: &str, name: &str) -> Result<ItemRef, Error> {
+    let loaded = |program: &Program, file_name: &str| {
+        program.modules.iter().position(|m| program.files[m.file.0].name == file_name)
+    };
+    let Some((module, file_name, src)) = stdlib::module(module) else {
+        return Err(Error::new(
+            FileId(0),
+            Diagnostic::error(format!("no stdlib module `std.{module}`"), Span::new(0, 0)),
+        ));
+    };
+    let index = match loaded(program, file_name) {
+        Some(i) => i,
+        None => {
+            let mut loader = Loader {
+                files: std::mem::take(&mut program.files),
+                modules: std::mem::take(&mut program.modules),
+                by_origin: HashMap::new(),
+                loading: Vec::new(),
+            };
+            // Stdlib modules import only each other: those already loaded are reused.
+            for (m, file, _) in stdlib::MODULES {
+                if let Some(i) = loader.modules.iter().position(|x| loader.files[x.file.0].name == *file) {
+                    loader.by_origin.insert(format!("std.{m}"), i);
+                }
+            }
+            let added = loader.add(SourceFile::new(file_name, src), Origin::Std(module));
+            program.files = loader.files;
+            program.modules = loader.modules;
+            added?
+        }
+    };
+    let item = program.modules[index].ast.items.iter().position(|it| match &it.kind {
+        ItemKind::Block(b) => b.name.name == name,
+        _ => false,
+    });
+    item.map(|i| ItemRef { module: index, index: i }).ok_or_else(|| {
+        Error::new(FileId(0), Diagnostic::error(format!("no block `{name}` in `std.{module}`"), Span::new(0, 0)))
+    })
+}
+
 enum Origin {
     Path(PathBuf),
     Std(&'static str),
