@@ -663,6 +663,117 @@ pub fn merge(path: &Path, target: &Target, checkpoint: &Path, out: &Path, report
     }
 }
 
+/// How `modelc generate` was asked to run, beyond the target.
+pub struct GenerateArgs<'a> {
+    pub checkpoint: Option<&'a Path>,
+    pub prompt: &'a str,
+    pub max_tokens: usize,
+    pub sampling: modelc_runtime::sampling::Sampling,
+    pub beams: usize,
+    pub length_penalty: f64,
+    pub seed: Option<u64>,
+    pub tokenizer: Option<&'a Path>,
+    pub cache: bool,
+    pub json: bool,
+}
+
+/// `modelc generate`: continues the prompt token by token, printing each piece of text as
+/// soon as it is chosen.
+pub fn generate(path: &Path, target: &Target, args: &GenerateArgs, report: &Reporter) -> i32 {
+    use std::io::Write;
+    let Some(mut program) = load_program(path, report) else {
+        return EXIT_INPUT;
+    };
+    let mut target = target.clone();
+    if target.recipe.is_none() && target.model.is_none() {
+        target.recipe = Some("tiny".to_string());
+    }
+    let (instance, graph, w) = match interpreter_graph(&mut program, &target, Lowering::Outputs, report) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let seed = args.seed.unwrap_or(w.seed);
+    let run_args = RunArgs {
+        seed: Some(seed),
+        checkpoint: args.checkpoint,
+        weights: None,
+        tokenizer: None,
+        texts: &[],
+        json: false,
+    };
+    let setup = run_params(&instance, &w, &run_args, seed).and_then(|params| {
+        let tok = match args.tokenizer {
+            None => modelc_runtime::tokenizer::Tokenizer::Bytes,
+            Some(p) => modelc_runtime::tokenizer::Tokenizer::load(p, None)?,
+        };
+        Ok((crate::generate::Model::new(graph, params)?, tok))
+    });
+    let (model, tok) = match setup {
+        Ok(x) => x,
+        Err(why) => {
+            report.plain_error(&why);
+            return EXIT_INPUT;
+        }
+    };
+    let prompt = match tok.encode(args.prompt) {
+        Ok(ids) => ids,
+        Err(why) => {
+            report.plain_error(&why);
+            return EXIT_INPUT;
+        }
+    };
+    if args.sampling.temperature < 0.0
+        || !(0.0..=1.0).contains(&args.sampling.top_p)
+        || args.sampling.repetition_penalty <= 0.0
+    {
+        report
+            .plain_error("`--temperature` must be at least 0, `--top-p` in [0, 1] and `--repetition-penalty` above 0");
+        return EXIT_INPUT;
+    }
+    let request = crate::generate::Request {
+        prompt,
+        max_tokens: args.max_tokens,
+        sampling: args.sampling.clone(),
+        beams: args.beams,
+        length_alpha: args.length_penalty,
+        seed,
+        cache: args.cache,
+        eos: tok.eos_id(),
+    };
+    // Streaming: print the bytes of the text decoded so far that were not printed yet.
+    let mut printed = 0usize;
+    let mut ids = Vec::new();
+    let mut stdout = std::io::stdout();
+    let mut emit = |id: u32| {
+        if args.json {
+            return;
+        }
+        ids.push(id);
+        if let Ok(text) = tok.decode(&ids) {
+            if text.len() > printed {
+                let _ = stdout.write_all(&text[printed..]);
+                let _ = stdout.flush();
+                printed = text.len();
+            }
+        }
+    };
+    match model.generate(&request, &mut emit) {
+        Ok(out) => {
+            if args.json {
+                let text = tok.decode(&out.tokens).unwrap_or_default();
+                println!("{}", serde_json::json!({ "tokens": out.tokens, "text": String::from_utf8_lossy(&text) }));
+            } else {
+                println!();
+            }
+            EXIT_OK
+        }
+        Err(why) => {
+            report.plain_error(&format!("generating: {why}"));
+            EXIT_INPUT
+        }
+    }
+}
+
 /// `modelc emit`: print one stage's text form.
 pub fn emit(path: &Path, stage: Stage, target: &Target, report: &Reporter) -> i32 {
     match stage {

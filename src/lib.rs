@@ -2,6 +2,7 @@
 //! reports diagnostics. `main.rs` only parses the command line and calls in here.
 
 pub mod commands;
+pub mod generate;
 pub mod report;
 pub mod train;
 pub mod weights;

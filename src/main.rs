@@ -157,11 +157,50 @@ enum Command {
         #[arg(long, short)]
         out: PathBuf,
     },
-    /// Generate text from a checkpoint (not implemented yet).
+    /// Generate text with a decoder (default recipe `tiny`), streaming it to stdout.
     Generate {
         file: PathBuf,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        rest: Vec<String>,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Parameters: a safetensors file or a run directory (default: the recipe's
+        /// initialisation, or its `from` checkpoint).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The text to continue.
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f64,
+        /// Sample among the K most likely tokens (0: all).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// Sample from the smallest set of tokens whose probability reaches P.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        /// Divide seen tokens' positive logits by R (multiply negative ones).
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f64,
+        /// Beam search with N beams (deterministic; ignores temperature, top-k, top-p).
+        #[arg(long)]
+        beams: Option<usize>,
+        /// Beam search ranks sequences by log p / length^ALPHA.
+        #[arg(long, default_value_t = 1.0)]
+        length_penalty: f64,
+        /// Seed for sampling (default: the recipe's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// A `tokenizer.json` or `vocab.txt` (default: bytes).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// Recompute the whole sequence for every token instead of using the KV cache.
+        #[arg(long)]
+        no_cache: bool,
+        /// Print `{"tokens": [...], "text": "..."}` at the end instead of streaming.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -224,7 +263,37 @@ fn main() {
         Command::Merge { file, target, checkpoint, out } => {
             commands::merge(&file, &target.target(), &checkpoint, &out, &report)
         }
-        Command::Generate { .. } => commands::not_implemented("`modelc generate`", &report),
+        Command::Generate {
+            file,
+            target,
+            checkpoint,
+            prompt,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            beams,
+            length_penalty,
+            seed,
+            tokenizer,
+            no_cache,
+            json,
+        } => {
+            let args = commands::GenerateArgs {
+                checkpoint: checkpoint.as_deref(),
+                prompt: &prompt,
+                max_tokens,
+                sampling: modelc_runtime::sampling::Sampling { temperature, top_k, top_p, repetition_penalty },
+                beams: beams.unwrap_or(0),
+                length_penalty,
+                seed,
+                tokenizer: tokenizer.as_deref(),
+                cache: !no_cache,
+                json,
+            };
+            commands::generate(&file, &target.target(), &args, &report)
+        }
     });
     std::process::exit(code);
 }

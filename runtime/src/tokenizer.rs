@@ -45,6 +45,23 @@ impl Tokenizer {
         }
     }
 
+    /// The text of `ids` as bytes (special tokens skipped). Bytes are what streaming
+    /// prints: a byte-level token may end inside a UTF-8 character.
+    pub fn decode(&self, ids: &[u32]) -> Result<Vec<u8>, String> {
+        match self {
+            Tokenizer::Bytes => Ok(ids.iter().map(|&i| i.min(255) as u8).collect()),
+            Tokenizer::Hf(t) => t.decode(ids, true).map(String::into_bytes).map_err(|e| format!("decoding: {e}")),
+        }
+    }
+
+    /// The end-of-sequence id that stops generation, if the tokenizer has one.
+    pub fn eos_id(&self) -> Option<u32> {
+        match self {
+            Tokenizer::Bytes => None,
+            Tokenizer::Hf(t) => ["</s>", "<|endoftext|>", "<eos>", "[SEP]"].iter().find_map(|p| t.token_to_id(p)),
+        }
+    }
+
     /// The id inputs are padded with: the tokenizer's `[PAD]` (or `<pad>`), else 0.
     pub fn pad_id(&self) -> u32 {
         match self {
