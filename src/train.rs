@@ -409,10 +409,12 @@ pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMa
         bar
     });
     round_f32(&mut run.params);
+    let keep = modelc_compiler::memory::kept(run.graph);
     for step in run.start_step..=run.steps {
         let started = std::time::Instant::now();
         let mut grads: HashMap<String, Vec<f64>> = HashMap::new();
         let (mut loss, mut extras) = (0.0, Vec::<(String, f64)>::new());
+        let mut activations_peak = 0u64;
         for micro in 0..run.accumulate {
             let index = (step - 1) * run.accumulate as u64 + micro as u64;
             let (tokens, targets) = run.batches.batch(&run.corpus, b, t, run.seed, index);
@@ -427,7 +429,10 @@ pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMa
                 training: true,
                 seed: run.seed ^ (step << 20) ^ micro as u64,
             };
-            let values = interp::run(run.graph, &inputs, &run.params, &options).map_err(|e| e.0)?;
+            // Each value is freed after its last use; the peak of live activations is measured.
+            let (values, peak) =
+                interp::run_freeing(run.graph, &inputs, &run.params, &options, &keep).map_err(|e| e.0)?;
+            activations_peak = activations_peak.max(peak);
             let scale = 1.0 / run.accumulate as f64;
             loss += values[run.graph.outputs[0].0 as usize].data[0] * scale;
             for (name, id) in &run.graph.grads {
@@ -448,7 +453,11 @@ pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMa
         if let Some(scale) = used_scale {
             grads.values_mut().flatten().for_each(|g| *g /= scale);
         }
-        let grad_norm = grads.values().flatten().map(|g| g * g).sum::<f64>().sqrt();
+        // Summed in name order: a HashMap's order differs between processes, and the norm
+        // scales every update through clipping, so it must not depend on it.
+        let mut names: Vec<&String> = grads.keys().collect();
+        names.sort();
+        let grad_norm = names.iter().flat_map(|n| &grads[*n]).map(|g| g * g).sum::<f64>().sqrt();
         let apply = match &mut run.loss_scale {
             Some(ls) => ls.update(grad_norm.is_finite()),
             None => true,
@@ -475,6 +484,7 @@ pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMa
         let tokens_per_s = (b * t * run.accumulate) as f64 / secs;
         let mut line = serde_json::json!({
             "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
+            "activations_peak_bytes": activations_peak,
         });
         if let Some(scale) = used_scale {
             line["loss_scale"] = serde_json::json!(scale);

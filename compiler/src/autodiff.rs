@@ -28,16 +28,33 @@ pub fn differentiate_scaled(graph: Graph) -> Result<Graph, String> {
 }
 
 fn differentiate_seeded(graph: Graph, seed_input: Option<&str>) -> Result<Graph, String> {
-    differentiate_params(graph, seed_input, &|_| true)
+    differentiate_params(graph, seed_input, &|_| true, None)
+}
+
+/// The segment a node belongs to under `recompute = name`: its scope up to the sub-block
+/// `name` and, inside a `repeat`, the copy number (`blocks.3` of `blocks.3.attn.wq`).
+pub fn recompute_segment(scope: &str, name: &str) -> Option<String> {
+    let parts: Vec<&str> = scope.split('.').collect();
+    let at = parts.iter().position(|p| *p == name)?;
+    let end = if parts.get(at + 1).is_some_and(|p| p.parse::<u64>().is_ok()) { at + 2 } else { at + 1 };
+    Some(parts[..end].join("."))
 }
 
 /// The backward pass for the parameters `trainable` accepts: frozen ones (a LoRA's base)
 /// are constants to it, get no gradient and cost no backward nodes of their own. The
 /// backward is seeded by the scalar input `seed_input`, or 1.
+///
+/// `recompute = Some(name)` is activation checkpointing: the backward does not read the
+/// values made inside each `name` sub-block (each copy of a `repeat` is one segment);
+/// just before the segment's first vector-Jacobian product, its forward is emitted again
+/// from its inputs, and the products read the copies. The originals then die with the
+/// forward pass; only the segments' inputs stay live. The copies are the same ops on the
+/// same values (dropout and noise replay their keys), so the gradients are bit-identical.
 pub fn differentiate_params(
     mut graph: Graph,
     seed_input: Option<&str>,
     trainable: &dyn Fn(&str) -> bool,
+    recompute: Option<&str>,
 ) -> Result<Graph, String> {
     let loss = *graph.outputs.first().ok_or("the graph has no output to differentiate")?;
     if graph.ty(loss).rank() != 0 || !graph.ty(loss).dtype.is_float() {
@@ -60,6 +77,33 @@ pub fn differentiate_params(
             b.g.push(Op::Input { name: name.to_string() }, Vec::new(), TensorType::scalar(DType::F32), "grad")
         }
     });
+    // Which recompute segment each forward value belongs to (leaves belong to none: they
+    // are the caller's buffers or constants).
+    let segment: Vec<Option<String>> = b.g.nodes[..n]
+        .iter()
+        .map(|node| match (&node.op, recompute) {
+            (Op::Param { .. } | Op::Input { .. } | Op::Buffer { .. } | Op::Scalar { .. } | Op::Arange { .. }, _) => {
+                None
+            }
+            (_, Some(name)) => recompute_segment(&node.scope, name),
+            (_, None) => None,
+        })
+        .collect();
+    if let Some(name) = recompute {
+        if segment.iter().all(Option::is_none) {
+            let mut blocks: Vec<&str> =
+                b.g.nodes.iter().flat_map(|n| n.scope.split('.')).filter(|p| p.parse::<u64>().is_err()).collect();
+            blocks.sort();
+            blocks.dedup();
+            return Err(format!(
+                "`recompute = {name}` names no sub-block of the model; its sub-blocks: {}",
+                blocks.join(", ")
+            ));
+        }
+    }
+    // The value the backward reads for each forward value: itself, or its recomputed copy.
+    let mut value: Vec<ValueId> = (0..n as u32).map(ValueId).collect();
+    let mut recomputed = std::collections::HashSet::new();
     for i in (0..n).rev() {
         let Some(gout) = grads[i] else { continue };
         if !needs[i] {
@@ -70,7 +114,20 @@ pub fn differentiate_params(
         if !want.iter().any(|w| *w) {
             continue;
         }
-        let arg_grads = b.vjp(ValueId(i as u32), &node.op, &node.args, &want, gout, &node.scope)?;
+        if let Some(seg) = &segment[i] {
+            if recomputed.insert(seg.clone()) {
+                for j in 0..n {
+                    if segment[j].as_ref() != Some(seg) {
+                        continue;
+                    }
+                    let copy = b.g.nodes[j].clone();
+                    let args = copy.args.iter().map(|a| value[a.0 as usize]).collect();
+                    value[j] = b.g.push(copy.op, args, copy.ty, &format!("{}.recompute", copy.scope));
+                }
+            }
+        }
+        let args: Vec<ValueId> = node.args.iter().map(|a| value[a.0 as usize]).collect();
+        let arg_grads = b.vjp(value[i], &node.op, &args, &want, gout, &node.scope)?;
         for ((arg, ga), w) in node.args.iter().zip(arg_grads).zip(&want) {
             let (Some(ga), true) = (ga, w) else { continue };
             let slot = &mut grads[arg.0 as usize];

@@ -64,6 +64,13 @@ pub struct Memory {
     /// Every forward value kept for the backward pass, without buffer reuse or
     /// recomputation: an upper bound until memory planning exists.
     pub activations_bytes: u64,
+    /// The peak of live activations over one training step when each value is freed after
+    /// its last use (what the interpreter measures), with the recipe's `recompute`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activations_peak_bytes: Option<u64>,
+    /// The same peak without `recompute`, when the recipe sets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activations_peak_bytes_without_recompute: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -109,6 +116,18 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
     // Frozen parameters have no gradient and no optimizer state.
     let grads_bytes = trainable * if mixed { 2 } else { 4 };
     let optimizer_bytes = optimizer_bytes(instance, &workload);
+    // Liveness over the training graph (objective, precision, backward) at this workload.
+    // Only for a recipe's objective: without one there is no training step to measure.
+    let peak = |w: &Workload| {
+        w.objective.as_ref()?;
+        let g = crate::lower(graph.clone(), w, crate::Lowering::Training).ok()?;
+        let sizes: Vec<u64> =
+            g.nodes.iter().map(|n| g.eval_dim(&n.ty.bytes(), &bind).unwrap_or(0).max(0) as u64).collect();
+        Some(crate::memory::peak_bytes(&g, &sizes, &crate::memory::kept(&g)))
+    };
+    let activations_peak_bytes = peak(&workload);
+    let activations_peak_bytes_without_recompute =
+        workload.recompute.as_ref().and_then(|_| peak(&Workload { recompute: None, ..workload.clone() }));
     Report {
         model: instance.block_name.clone(),
         args,
@@ -132,7 +151,14 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
                 train_step_per_token: train / tokens,
             }
         },
-        memory: Memory { params_bytes, grads_bytes, optimizer_bytes, activations_bytes: activations },
+        memory: Memory {
+            params_bytes,
+            grads_bytes,
+            optimizer_bytes,
+            activations_bytes: activations,
+            activations_peak_bytes,
+            activations_peak_bytes_without_recompute,
+        },
         workload,
     }
 }
@@ -296,6 +322,18 @@ pub fn render(report: &Report) -> String {
         "  activations            {:>24}  (every forward value kept, no reuse)\n",
         bytes(m.activations_bytes)
     ));
+    if let Some(peak) = m.activations_peak_bytes {
+        out.push_str(&format!(
+            "  activations, peak      {:>24}  (training step, each value freed after its last use)\n",
+            bytes(peak)
+        ));
+    }
+    if let (Some(without), Some(name)) = (m.activations_peak_bytes_without_recompute, &w.recompute) {
+        out.push_str(&format!(
+            "    without recompute    {:>24}  (`recompute = {name}` saves the rest)\n",
+            bytes(without)
+        ));
+    }
     out
 }
 

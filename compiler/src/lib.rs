@@ -14,6 +14,7 @@ pub mod glob;
 pub mod graph;
 pub mod inspect;
 pub mod interp;
+pub mod memory;
 pub mod modules;
 pub mod objective;
 pub mod passes;
@@ -314,6 +315,8 @@ pub struct Workload {
     /// `Model(...) from "PATH"`: the checkpoint the recipe starts from (relative to the
     /// working directory, like `runs/`).
     pub base: Option<String>,
+    /// `recompute = NAME`: the sub-block whose activations the backward recomputes.
+    pub recompute: Option<String>,
     /// The recipe's LoRA adapter, if any.
     #[serde(skip)]
     pub lora: Option<adapters::Lora>,
@@ -337,6 +340,7 @@ pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Opt
         seed: 0,
         objective: None,
         base: None,
+        recompute: None,
         lora: None,
         trainable: None,
         entries: Vec::new(),
@@ -378,6 +382,7 @@ pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Opt
                         w.base = Some(path.clone());
                     }
                 }
+                ("recompute", Value::Symbol(name)) => w.recompute = Some(name),
                 ("adapter", value) => {
                     let lora = adapters::parse_lora(&value, FileId(0), entry.value.span)?;
                     let globs = w.trainable.get_or_insert_with(Vec::new);
@@ -462,7 +467,7 @@ pub fn lower(graph: graph::Graph, w: &Workload, to: Lowering) -> Result<graph::G
     match (to, mixed) {
         (Lowering::Training, mixed) => {
             let seed = mixed.map(|_| autodiff::LOSS_SCALE);
-            autodiff::differentiate_params(graph, seed, &|name| w.is_trainable(name))
+            autodiff::differentiate_params(graph, seed, &|name| w.is_trainable(name), w.recompute.as_deref())
         }
         _ => Ok(graph),
     }

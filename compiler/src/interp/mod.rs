@@ -8,7 +8,7 @@ pub mod tensor;
 use crate::graph::dim::Dim;
 use crate::graph::op::{Binary, Op, Reduce, Unary};
 use crate::graph::types::DType;
-use crate::graph::Graph;
+use crate::graph::{Graph, ValueId};
 use std::collections::HashMap;
 use tensor::{around, broadcast_shape, broadcast_to, matmul, transpose, zip, Tensor};
 
@@ -52,6 +52,41 @@ pub fn run(
     params: &HashMap<String, Tensor>,
     options: &Options,
 ) -> Result<Vec<Tensor>, RunError> {
+    execute(graph, inputs, params, options, None).map(|(values, _)| values)
+}
+
+/// Runs `graph` freeing each value after its last use, as a runtime would: only the
+/// values in `keep` (and the leaves) are left in the result, the others are empty. Also
+/// returns the measured peak of live activation bytes (each value at its dtype's size).
+pub fn run_freeing(
+    graph: &Graph,
+    inputs: &HashMap<String, Tensor>,
+    params: &HashMap<String, Tensor>,
+    options: &Options,
+    keep: &[ValueId],
+) -> Result<(Vec<Tensor>, u64), RunError> {
+    execute(graph, inputs, params, options, Some(keep))
+}
+
+fn execute(
+    graph: &Graph,
+    inputs: &HashMap<String, Tensor>,
+    params: &HashMap<String, Tensor>,
+    options: &Options,
+    keep: Option<&[ValueId]>,
+) -> Result<(Vec<Tensor>, u64), RunError> {
+    let last = keep.map(|k| crate::memory::last_uses(graph, k));
+    let (mut live, mut peak) = (0u64, 0u64);
+    // Activations only: not the leaves (the caller's buffers) nor the kept values (the
+    // gradient buffers), as `memory::peak_bytes` counts.
+    let size = |v: &Tensor, i: usize| {
+        let n = &graph.nodes[i];
+        if crate::memory::is_activation(&n.op) && last.as_ref().is_none_or(|l| l[i] != usize::MAX) {
+            (v.data.len() as i64 * n.ty.dtype.size()) as u64
+        } else {
+            0
+        }
+    };
     let symbols = bind_symbols(graph, inputs)?;
     let dim = |d: &Dim| -> Result<usize, RunError> {
         let v = graph
@@ -76,9 +111,21 @@ pub fn run(
         if options.precision == Precision::Native {
             round_to(&mut v, node.ty.dtype);
         }
+        live += size(&v, values.len());
+        peak = peak.max(live);
         values.push(v);
+        // Free what this node read for the last time (and its own value if unread).
+        if let Some(last) = &last {
+            let i = values.len() - 1;
+            for a in node.args.iter().map(|a| a.0 as usize).chain([i]) {
+                if last[a] == i && !values[a].data.is_empty() {
+                    live -= size(&values[a], a);
+                    values[a] = Tensor::new(vec![0], Vec::new());
+                }
+            }
+        }
     }
-    Ok(values)
+    Ok((values, peak))
 }
 
 /// Binds the symbols of the inputs' declared types (`B`, `T`) from the actual shapes.
