@@ -13,12 +13,11 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The training graph of `recipe`, its parameters and one batch.
-fn training(
-    example: &str,
-    recipe: &str,
-    sets: &[(&str, &str)],
-) -> (Graph, HashMap<String, Tensor>, HashMap<String, Tensor>) {
+type Training = (Graph, HashMap<String, Tensor>, HashMap<String, Tensor>);
+
+/// The training graph of `recipe` (with `recompute` set, when given), its parameters and
+/// one batch.
+fn training(example: &str, recipe: &str, sets: &[(&str, &str)], recompute: Option<&str>) -> Training {
     let path = root().join("examples").join(example);
     let text = std::fs::read_to_string(&path).expect("example");
     let mut program = load(modelc_grammar::SourceFile::new(path.display().to_string(), text), &path)
@@ -30,7 +29,10 @@ fn training(
     };
     let instance = instantiate(&mut program, &target).expect("instance");
     let graph = elaborate(&program, &instance).expect("graph");
-    let w = workload(&program, &target, Some(4), Some(32)).expect("workload");
+    let mut w = workload(&program, &target, Some(4), Some(32)).expect("workload");
+    if let Some(name) = recompute {
+        w.recompute = Some(name.into());
+    }
     let graph = modelc_compiler::lower(graph, &w, Lowering::Training).expect("training graph");
     let params = modelc::train::init_params(&instance, 3);
     let corpus = modelc_runtime::data::Corpus::builtin();
@@ -53,23 +55,11 @@ fn recomputed_gradients_are_bit_identical() {
     // GPT-2 with dropout on (the recomputed masks must be the forward's), and Llama (RoPE,
     // GQA, SwiGLU).
     for (example, sets) in [("gpt2.model", &[("drop", "0.1")][..]), ("llama.model", &[][..])] {
-        let (plain, params, inputs) = training(example, "tiny", sets);
-        let w = |r: &str| training(example, r, sets).0;
+        let (plain, params, inputs) = training(example, "tiny", sets, None);
+        // gpt2's own `tiny_recompute` recipe; llama's `tiny` with `recompute` set.
         let recomputed = match example {
-            "gpt2.model" => w("tiny_recompute"),
-            _ => {
-                // llama's tiny recipe has no recompute: the same lowering with it set.
-                let path = root().join("examples").join(example);
-                let text = std::fs::read_to_string(&path).expect("example");
-                let mut program = load(modelc_grammar::SourceFile::new(path.display().to_string(), text), &path)
-                    .unwrap_or_else(|e| panic!("{:?}", e.error));
-                let target = Target { recipe: Some("tiny".into()), ..Target::default() };
-                let instance = instantiate(&mut program, &target).expect("instance");
-                let graph = elaborate(&program, &instance).expect("graph");
-                let mut wl = workload(&program, &target, Some(4), Some(32)).expect("workload");
-                wl.recompute = Some("blocks".into());
-                modelc_compiler::lower(graph, &wl, Lowering::Training).expect("training graph")
-            }
+            "gpt2.model" => training(example, "tiny_recompute", sets, None).0,
+            _ => training(example, "tiny", sets, Some("blocks")).0,
         };
         assert!(recomputed.nodes.iter().any(|n| n.scope.ends_with(".recompute")), "{example}: nothing recomputed");
         let (a, b) = (grads(&plain, &params, &inputs), grads(&recomputed, &params, &inputs));
@@ -85,7 +75,7 @@ fn recomputed_gradients_are_bit_identical() {
 #[test]
 fn recompute_halves_the_measured_activation_peak() {
     let peak = |recipe: &str| {
-        let (graph, params, inputs) = training("gpt2.model", recipe, &[]);
+        let (graph, params, inputs) = training("gpt2.model", recipe, &[], None);
         let options = interp::Options { precision: interp::Precision::Native, training: true, seed: 1 };
         let keep = modelc_compiler::memory::kept(&graph);
         let (_, measured) = interp::run_freeing(&graph, &inputs, &params, &options, &keep).expect("run");
