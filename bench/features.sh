@@ -10,9 +10,14 @@ cargo build --release -q --manifest-path "$root/Cargo.toml"
 bin="$root/target/release/modelc"
 work=$(mktemp -d)
 cd "$work"
-median() { python3 -c 'import json,sys,statistics as s
-rows=[json.loads(l) for l in open(sys.argv[1])][1:]
-print(f"{s.median(r["tokens_per_s"] for r in rows):10.0f} tokens/s  peak {max(r["activations_peak_bytes"] for r in rows)/1e6:7.2f} MB")' "$1"; }
+median() { python3 - "$1" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])][1:]
+tps = statistics.median(r["tokens_per_s"] for r in rows)
+peak = max(r["activations_peak_bytes"] for r in rows) / 1e6
+print("%10.0f tokens/s  peak %7.2f MB" % (tps, peak))
+PY
+}
 run() { # name file recipe
   "$bin" train "$root/examples/$2" --recipe "$3" --steps "$steps" --out "$work/$1" --checkpoint-every 100000 2>/dev/null
   printf '%-28s %s\n' "$1" "$(median "$work/$1/metrics.jsonl")"
