@@ -42,26 +42,36 @@ pub fn init_params(instance: &Instance, seed: u64) -> HashMap<String, Tensor> {
 /// checkpoint over them. Every parameter must come from the checkpoint, except trainable
 /// ones of a recipe that trains only some (a new adapter keeps its initialiser); every
 /// tensor of the checkpoint must be a parameter of the same shape.
+///
+/// `init = upcycle(..)` reads a dense checkpoint instead: each parameter under a `stack`
+/// that the checkpoint lacks is tiled from the dense tensor it replaces, plus noise; what
+/// the dense model has no counterpart for (the routers) keeps its initialiser.
 pub fn initial_params(
     instance: &Instance,
     w: &modelc_compiler::Workload,
     seed: u64,
 ) -> Result<HashMap<String, Tensor>, String> {
     let mut params = init_params(instance, seed);
-    let Some(base) = &w.base else { return Ok(params) };
+    let (base, upcycle) = match (&w.base, &w.upcycle) {
+        (Some(base), _) => (base, None),
+        (None, Some(up)) => (&up.path, Some(up.noise)),
+        (None, None) => return Ok(params),
+    };
     let path = std::path::Path::new(base);
     let loaded = if path.is_dir() {
         latest_checkpoint(path).map(|(_, p, _, _)| p.into_iter().map(|(k, t)| (k, (t.shape, t.data))).collect())
     } else {
         modelc_runtime::checkpoint::load(path)
     };
+    let how = if upcycle.is_some() { "upcycles" } else { "starts `from`" };
     let tensors = loaded.map_err(|e| {
         format!(
-            "the recipe starts `from \"{base}\"`, which cannot be read: {e}\n  help: the path is relative to the working directory; train the base model first (`modelc train examples/llama.model` writes `runs/llama-tiny/final.safetensors`)"
+            "the recipe {how} \"{base}\", which cannot be read: {e}\n  help: the path is relative to the working directory; train the base model first (`modelc train examples/llama.model` writes `runs/llama-tiny/final.safetensors`)"
         )
     })?;
     let (mut unexpected, mut wrong) = (Vec::new(), Vec::new());
     let mut found = std::collections::HashSet::new();
+    let mut used = std::collections::HashSet::new();
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     for name in names {
@@ -74,16 +84,45 @@ pub fn initial_params(
             Some(t) => {
                 t.data.clone_from(data);
                 found.insert(name.clone());
+                used.insert(name.clone());
             }
         }
     }
+    let mut fresh = Vec::new();
+    if let Some(noise) = upcycle {
+        for (name, dense, axes) in instance.stacked_params() {
+            let Some((shape, data)) = tensors.get(&dense).filter(|_| !found.contains(&name)) else { continue };
+            let Some(t) = params.get_mut(&name) else { continue };
+            if t.shape[axes..] != shape[..] {
+                wrong.push(format!(
+                    "{name}: the checkpoint's `{dense}` is {shape:?}, one expert's {:?}",
+                    &t.shape[axes..]
+                ));
+                used.insert(dense);
+                continue;
+            }
+            t.data = upcycled(data, t.data.len() / data.len(), noise, &name, seed);
+            found.insert(name);
+            used.insert(dense);
+        }
+        unexpected.retain(|n| !used.contains(n));
+        fresh = params.keys().filter(|k| !found.contains(*k)).cloned().collect();
+        fresh.sort();
+    }
     let mut missing: Vec<String> = params
         .keys()
-        .filter(|k| !found.contains(*k) && (w.trainable.is_none() || !w.is_trainable(k)))
+        .filter(|k| !found.contains(*k) && upcycle.is_none() && (w.trainable.is_none() || !w.is_trainable(k)))
         .cloned()
         .collect();
     missing.sort();
     if missing.is_empty() && wrong.is_empty() && unexpected.is_empty() {
+        if upcycle.is_some() {
+            eprintln!(
+                "upcycled from {base}: {} tensors copied or tiled into experts; initialised fresh: {}",
+                found.len(),
+                if fresh.is_empty() { "none".to_string() } else { fresh.join(", ") }
+            );
+        }
         return Ok(params);
     }
     let mut msg = format!("the checkpoint `{base}` does not fit `{}`:", instance.block_name);
@@ -94,7 +133,24 @@ pub fn initial_params(
         }
     }
     msg.push_str("\n  help: the recipe's model arguments must be those the checkpoint was trained with");
+    if upcycle.is_some() {
+        msg.push_str(" (an expert's width is the dense MLP's)");
+    }
     Err(msg)
+}
+
+/// `copies` copies of a dense tensor, each with its own Gaussian noise of `noise` times the
+/// tensor's standard deviation (seeded by the parameter's name, like its initialiser).
+fn upcycled(dense: &[f64], copies: usize, noise: f64, name: &str, seed: u64) -> Vec<f64> {
+    let n = dense.len() as f64;
+    let mean = dense.iter().sum::<f64>() / n;
+    let std = (dense.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n).sqrt();
+    let mut rng = modelc_runtime::rng::Rng::for_name(seed, &format!("{name}#upcycle"));
+    let mut out = Vec::with_capacity(dense.len() * copies);
+    for _ in 0..copies {
+        out.extend(dense.iter().map(|x| if noise > 0.0 { x + noise * std * rng.normal() } else { *x }));
+    }
+    out
 }
 
 fn num(v: &Value) -> Option<f64> {
@@ -413,7 +469,7 @@ pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMa
     for step in run.start_step..=run.steps {
         let started = std::time::Instant::now();
         let mut grads: HashMap<String, Vec<f64>> = HashMap::new();
-        let (mut loss, mut extras) = (0.0, Vec::<(String, f64)>::new());
+        let (mut loss, mut extras) = (0.0, Vec::<(String, bool, Vec<f64>)>::new());
         let mut activations_peak = 0u64;
         for micro in 0..run.accumulate {
             let index = (step - 1) * run.accumulate as u64 + micro as u64;
@@ -440,11 +496,13 @@ pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMa
                 let acc = grads.entry(name.clone()).or_insert_with(|| vec![0.0; g.len()]);
                 acc.iter_mut().zip(g).for_each(|(a, x)| *a += x * scale);
             }
+            // Averaged over the micro-steps; a vector metric element by element.
             for (name, id) in run.graph.aux_losses.iter().chain(&run.graph.metrics) {
-                let v = values[id.0 as usize].data.first().copied().unwrap_or(0.0) * scale;
-                match extras.iter_mut().find(|(n, _)| n == name) {
-                    Some((_, x)) => *x += v,
-                    None => extras.push((name.clone(), v)),
+                let v = &values[id.0 as usize];
+                let scaled = v.data.iter().map(|x| x * scale);
+                match extras.iter_mut().find(|(n, _, _)| n == name) {
+                    Some((_, _, x)) => x.iter_mut().zip(scaled).for_each(|(a, b)| *a += b),
+                    None => extras.push((name.clone(), v.shape.is_empty(), scaled.collect())),
                 }
             }
         }
@@ -490,8 +548,9 @@ pub fn train(mut run: Run, metrics: &mut dyn Write, every: u64) -> Result<HashMa
             line["loss_scale"] = serde_json::json!(scale);
             line["skipped"] = serde_json::json!(!apply);
         }
-        for (name, v) in &extras {
-            line[name] = serde_json::json!(v);
+        for (name, scalar, v) in &extras {
+            line[name] =
+                if *scalar { serde_json::json!(v.first().copied().unwrap_or(0.0)) } else { serde_json::json!(v) };
         }
         writeln!(metrics, "{line}").map_err(|e| format!("writing metrics: {e}"))?;
         match &bar {

@@ -166,3 +166,68 @@ fn a_missing_base_checkpoint_is_explained() {
     assert!(!stderr.contains("panicked"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `init = upcycle(..)` in mixtral's `tiny_upcycled`: the MoE starts from the dense Llama.
+/// Without noise it computes what the dense model computes (every expert the dense MLP,
+/// dropless routing, renormalised top-k weights); with noise each expert is the dense MLP
+/// plus noise of the asked size; everything but the routers is copied bit for bit.
+#[test]
+fn upcycling_starts_the_moe_at_the_dense_model() {
+    let dir = base("upcycle");
+    let dense_ckpt = "runs/llama-tiny/final.safetensors";
+    let dense_out = outputs(&dir, &[&example("llama.model"), "--recipe", "tiny", "--checkpoint", dense_ckpt]);
+    let source = std::fs::read_to_string(example("mixtral.model")).expect("mixtral");
+    let form = "upcycle(\"runs/llama-tiny/final.safetensors\", noise: 0.01)";
+    assert!(source.contains(form), "the example's recipe changed");
+    let exact = dir.join("mixtral_exact.model");
+    std::fs::write(&exact, source.replace(form, &form.replace("0.01", "0.0"))).expect("write");
+    let moe = outputs(&dir, &[&exact.display().to_string(), "--recipe", "tiny_upcycled"]);
+    let diff = max_diff(&moe, &dense_out);
+    eprintln!("upcycled (no noise) vs dense: max abs difference {diff:e}");
+    assert!(diff < 1e-6, "upcycled MoE vs dense: {diff}");
+    let noisy = outputs(&dir, &[&example("mixtral.model"), "--recipe", "tiny_upcycled"]);
+    assert!(max_diff(&noisy, &dense_out) > 1e-6, "the noise changed nothing");
+
+    // `--steps 0` writes the initial parameters.
+    let out = modelc(&dir, &["train", &example("mixtral.model"), "--recipe", "tiny_upcycled", "--steps", "0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("initialised fresh: blocks.0.mlp.router.weight, blocks.1.mlp.router.weight\n"), "{stderr}");
+    let dense: Tensors = load(&dir.join(dense_ckpt)).expect("dense");
+    let init: Tensors = load(&dir.join("runs/mixtral-tiny_upcycled/final.safetensors")).expect("upcycled");
+    let mut tiled = 0;
+    for (name, (shape, data)) in &init {
+        if let Some(d) = dense.get(name) {
+            assert_eq!(d, &(shape.clone(), data.clone()), "{name} not copied");
+            continue;
+        }
+        if name.ends_with(".router.weight") {
+            continue;
+        }
+        let from = name.replace(".experts.", ".");
+        let (dshape, d) = dense.get(&from).unwrap_or_else(|| panic!("{name}: no dense `{from}`"));
+        assert_eq!(&shape[1..], &dshape[..], "{name}");
+        let std = (d.iter().map(|x| x * x).sum::<f64>() / d.len() as f64).sqrt();
+        let experts: Vec<&[f64]> = data.chunks(d.len()).collect();
+        assert_eq!(experts.len(), 4);
+        for e in &experts {
+            let dev = (e.iter().zip(d).map(|(a, b)| (a - b) * (a - b)).sum::<f64>() / d.len() as f64).sqrt();
+            assert!((0.008..0.012).contains(&(dev / std)), "{name}: noise {} of the dense std", dev / std);
+        }
+        assert_ne!(experts[0], experts[1], "{name}: experts are identical");
+        tiled += 1;
+    }
+    assert_eq!(tiled, 2 * 3, "wgate, wup, wdown in each of two layers");
+
+    // A model whose experts are narrower than the dense MLP does not fit, and says why.
+    let narrow = dir.join("mixtral_narrow.model");
+    std::fs::write(&narrow, source.replace("ffn: 172,\n    experts: 4", "ffn: 128,\n    experts: 4")).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_modelc"))
+        .current_dir(&dir)
+        .args(["train", &narrow.display().to_string(), "--recipe", "tiny_upcycled", "--steps", "1"])
+        .output()
+        .expect("running modelc");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("wrong shape: blocks.0.mlp.experts.wgate.weight") && stderr.contains("expert"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -298,6 +298,21 @@ fn every_example_recipe_trains_and_its_loss_falls() {
             .map(|x| serde_json::from_str::<serde_json::Value>(x).expect("JSON")["loss"].as_f64().expect("loss"))
             .collect();
         assert_eq!(l.len(), 10, "{file}");
+        // MoE layers report each expert's share of the assignments (a vector metric), its
+        // max over mean, and the fraction of assignments dropped for capacity.
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap_or("{}")).expect("JSON");
+        for (key, load) in first.as_object().into_iter().flatten().filter(|(k, _)| k.ends_with(".expert_load")) {
+            let load: Vec<f64> = load.as_array().expect("a vector").iter().filter_map(|x| x.as_f64()).collect();
+            let layer = key.trim_end_matches("expert_load");
+            let overflow = first[format!("{layer}overflow")].as_f64().expect("overflow");
+            assert!((0.0..0.5).contains(&overflow), "{file} {key}: overflow {overflow}");
+            // Kept and dropped assignments add up to all of them.
+            let kept: f64 = load.iter().sum();
+            assert!(load.len() >= 4 && (kept + overflow - 1.0).abs() < 1e-5, "{file} {key}: {load:?} {overflow}");
+            let ratio = load.iter().copied().fold(0.0, f64::max) / (kept / load.len() as f64);
+            let imbalance = first[format!("{layer}expert_imbalance")].as_f64().expect("expert_imbalance");
+            assert!((imbalance - ratio).abs() < 1e-5, "{file} {key}: {imbalance} vs {ratio}");
+        }
         let (early, late) = ((l[0] + l[1]) / 2.0, (l[8] + l[9]) / 2.0);
         assert!(late < early - 0.04, "{file}: the loss did not fall: {l:?}");
     }

@@ -19,6 +19,7 @@ pub mod modules;
 pub mod objective;
 pub mod passes;
 pub mod stdlib;
+pub mod upcycle;
 
 pub use error::{Error, FileId};
 pub use modules::{load, Program};
@@ -122,16 +123,10 @@ pub fn check(program: &mut Program) -> Result<(), Error> {
     for r in recipes {
         let instance = instantiate(program, &Target { recipe: Some(r.clone()), ..Target::default() })?;
         elab::forward::elaborate(program, &instance)?;
-        // Every entry evaluates: unknown enum variants, bad arithmetic and the like.
-        let recipe = program.modules[0].ast.items.iter().find_map(|it| match &it.kind {
-            ItemKind::Recipe(x) if x.name.name == r => Some(x),
-            _ => None,
-        });
-        let mut scope = Scope::new(program, &consts, 0);
-        scope.recipe = true;
-        for entry in recipe.map(|x| x.entries.as_slice()).unwrap_or_default() {
-            scope.eval(&entry.value)?;
-        }
+        // Every entry evaluates (unknown enum variants, bad arithmetic and the like) and the
+        // entries the compiler reads (`init`, `adapter`, `trainable`) are well formed.
+        let target = Target { recipe: Some(r), ..Target::default() };
+        workload(program, &target, None, None)?;
     }
     Ok(())
 }
@@ -315,6 +310,8 @@ pub struct Workload {
     /// `Model(...) from "PATH"`: the checkpoint the recipe starts from (relative to the
     /// working directory, like `runs/`).
     pub base: Option<String>,
+    /// `init = upcycle(PATH, noise:)`: an MoE model's parameters from a dense checkpoint.
+    pub upcycle: Option<upcycle::Upcycle>,
     /// `recompute = NAME`: the sub-block whose activations the backward recomputes.
     pub recompute: Option<String>,
     /// The recipe's LoRA adapter, if any.
@@ -341,6 +338,7 @@ pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Opt
         objective: None,
         base: None,
         recompute: None,
+        upcycle: None,
         lora: None,
         trainable: None,
         entries: Vec::new(),
@@ -383,6 +381,7 @@ pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Opt
                     }
                 }
                 ("recompute", Value::Symbol(name)) => w.recompute = Some(name),
+                ("init", value) => w.upcycle = Some(upcycle::parse(&value, FileId(0), entry.value.span)?),
                 ("adapter", value) => {
                     let lora = adapters::parse_lora(&value, FileId(0), entry.value.span)?;
                     let globs = w.trainable.get_or_insert_with(Vec::new);
@@ -410,6 +409,20 @@ pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Opt
                 }
                 _ => {}
             }
+        }
+        if let (Some(base), Some(_), Some(r)) = (&w.base, &w.upcycle, recipe) {
+            let span = r.entries.iter().find(|e| e.key.name == "init").map_or(r.name.span, |e| e.value.span);
+            return Err(Error::new(
+                FileId(0),
+                Diagnostic::error(
+                    format!("the recipe starts both `from \"{base}\"` and from `init = upcycle(...)`"),
+                    span,
+                )
+                .with_label("second starting point")
+                .with_help(
+                    "`from` loads a checkpoint of the same model; `upcycle` builds an MoE from a dense one: keep one",
+                ),
+            ));
         }
     }
     if let Some(b) = batch {

@@ -415,13 +415,24 @@ impl<'a> Builder<'a> {
 
     fn scalar_tensor(&mut self, v: RValue, frame: &Frame, span: Span, aux: bool) -> Result<ValueId, Error> {
         let what = if aux { "an `aux_loss`" } else { "a `metric`" };
+        // A metric may also be a vector of statically known length (per-expert load): it
+        // is reported as a JSON array.
+        let vector =
+            |ty: &crate::graph::types::TensorType| !aux && ty.rank() == 1 && ty.shape[0].as_constant().is_some();
         match v {
-            RValue::Tensor(t) if self.ty(t).rank() == 0 => Ok(t),
+            RValue::Tensor(t) if self.ty(t).rank() == 0 || vector(self.ty(t)) => Ok(t),
             RValue::Tensor(t) => Err(self.err(
                 frame,
-                Diagnostic::error(format!("{what} must be a scalar, found {}", self.ty(t).shape_text()), span)
-                    .with_label("not a scalar")
-                    .with_help("reduce it first, for example with `mean(x)`"),
+                Diagnostic::error(
+                    format!(
+                        "{what} must be a scalar{}, found {}",
+                        if aux { "" } else { " or a vector of known length" },
+                        self.ty(t).shape_text()
+                    ),
+                    span,
+                )
+                .with_label("not a scalar")
+                .with_help("reduce it first, for example with `mean(x)`"),
             )),
             RValue::Static(Value::Int(i)) => Ok(self.scalar(i as f64, DType::F32, frame)),
             RValue::Static(Value::Float(x)) => Ok(self.scalar(x, DType::F32, frame)),

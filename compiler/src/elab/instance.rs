@@ -124,29 +124,56 @@ impl Instance {
 
     /// `for_each_param` with each parameter's declaration (its initialiser).
     pub fn for_each_weight(&self, prefix: &str, lead: &[i64], f: &mut dyn FnMut(&str, &[i64], &Weight)) {
+        self.walk_weights(prefix, prefix, lead, &mut |name, _, shape, w| f(name, shape, w));
+    }
+
+    /// Each parameter under a `stack` with the name it would have without the stacks:
+    /// `(blocks.0.mlp.experts.wup.weight, blocks.0.mlp.wup.weight, 1)`, the last item
+    /// the number of leading copy axes. Upcycling fills experts from a dense block by it.
+    pub fn stacked_params(&self) -> Vec<(String, String, usize)> {
+        let mut out = Vec::new();
+        self.walk_weights("", "", &[], &mut |name, unstacked, shape, w| {
+            let axes = shape.len() - w.shape.len();
+            if axes > 0 {
+                out.push((name.to_string(), unstacked.to_string(), axes));
+            }
+        });
+        out
+    }
+
+    /// Visits every weight with its checkpoint name and the name without `stack` segments.
+    fn walk_weights(&self, prefix: &str, unstacked: &str, lead: &[i64], f: &mut WeightVisitor) {
         for m in &self.members {
             match m {
                 Member::Weight(w) => {
                     let shape: Vec<i64> = lead.iter().chain(&w.shape).copied().collect();
-                    f(&join(prefix, &w.name), &shape, w);
+                    f(&join(prefix, &w.name), &join(unstacked, &w.name), &shape, w);
                 }
                 Member::Buffer { .. } | Member::Unused(_) => {}
-                Member::Sub(s) => match s.copies {
-                    Some((CopiesKind::Repeat, n)) => {
-                        for i in 0..n {
-                            s.instance.for_each_weight(&join(&join(prefix, &s.name), &i.to_string()), lead, f);
+                Member::Sub(s) => {
+                    let (named, unstacked_named) = (join(prefix, &s.name), join(unstacked, &s.name));
+                    match s.copies {
+                        Some((CopiesKind::Repeat, n)) => {
+                            for i in 0..n {
+                                let (p, u) = (join(&named, &i.to_string()), join(&unstacked_named, &i.to_string()));
+                                s.instance.walk_weights(&p, &u, lead, f);
+                            }
                         }
+                        Some((CopiesKind::Stack, n)) => {
+                            let lead: Vec<i64> = lead.iter().copied().chain([n]).collect();
+                            s.instance.walk_weights(&named, unstacked, &lead, f);
+                        }
+                        None => s.instance.walk_weights(&named, &unstacked_named, lead, f),
                     }
-                    Some((CopiesKind::Stack, n)) => {
-                        let lead: Vec<i64> = lead.iter().copied().chain([n]).collect();
-                        s.instance.for_each_weight(&join(prefix, &s.name), &lead, f);
-                    }
-                    None => s.instance.for_each_weight(&join(prefix, &s.name), lead, f),
-                },
+                }
             }
         }
     }
 }
+
+/// Called with a weight's checkpoint name, its name without `stack` segments, its shape
+/// (with the stacks' copy axes first) and its declaration.
+type WeightVisitor<'a> = dyn FnMut(&str, &str, &[i64], &Weight) + 'a;
 
 /// The permutation from a weight's declared dims to its `stored` dims, matched by their
 /// written form (values cannot tell the axes of a square matrix apart).
