@@ -692,6 +692,13 @@ pub fn generate(path: &Path, target: &Target, args: &GenerateArgs, report: &Repo
         Ok(x) => x,
         Err(code) => return code,
     };
+    // The KV cache would see the virtual tokens again at every step.
+    if instance.prompt.is_some() {
+        report.plain_error(
+            "`generate` does not support a P-tuning adapter yet: the virtual tokens belong only in front of the prompt, and the KV cache would repeat them each step",
+        );
+        return EXIT_INPUT;
+    }
     let seed = args.seed.unwrap_or(w.seed);
     let run_args = RunArgs {
         seed: Some(seed),

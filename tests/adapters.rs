@@ -134,18 +134,38 @@ fn inspect_shows_trainable_and_frozen_parameters() {
     assert!(text.contains("wq        LoRA") && text.contains("frozen"), "{text}");
 }
 
+/// `adapter = ptuning(..)` (examples/ptuning.model) is the same model as the P-tuned Llama
+/// written out by hand (tests/adapters/prompt_llama.model): same outputs and same training
+/// run, bit for bit. Only the prompt trains.
 #[test]
-fn ptuning_trains_only_the_prompt() {
+fn ptuning_adapter_equals_the_written_out_model_and_trains_only_the_prompt() {
     let dir = base("ptuning");
+    let by_hand = root().join("tests/adapters/prompt_llama.model").display().to_string();
+    let adapter = outputs(&dir, &[&example("ptuning.model"), "--recipe", "tiny"]);
+    assert_eq!(adapter, outputs(&dir, &[&by_hand, "--recipe", "tiny"]), "adapter vs written-out model");
+    let base_out = outputs(
+        &dir,
+        &[&example("llama.model"), "--recipe", "tiny", "--checkpoint", "runs/llama-tiny/final.safetensors"],
+    );
+    assert!(max_diff(&adapter, &base_out) > 1e-4, "the virtual tokens changed nothing");
+
     modelc(&dir, &["train", &example("ptuning.model"), "--steps", "6"]);
+    modelc(&dir, &["train", &by_hand, "--steps", "6", "--out", "runs/by-hand"]);
     let base_params: Tensors = load(&dir.join("runs/llama-tiny/final.safetensors")).expect("base");
     let tuned: Tensors = load(&dir.join("runs/ptuning-tiny/final.safetensors")).expect("tuned");
+    let by_hand_params: Tensors = load(&dir.join("runs/by-hand/final.safetensors")).expect("by hand");
+    assert_eq!(tuned, by_hand_params, "adapter vs written-out model after 6 steps");
+    let mut prompt = 0;
     for (name, tensor) in &tuned {
         match base_params.get(name) {
             Some(b) => assert_eq!(tensor, b, "{name} changed"),
-            None => assert!(name.starts_with("prompt."), "{name}"),
+            None => {
+                assert!(name.starts_with("prompt."), "{name}");
+                prompt += 1;
+            }
         }
     }
+    assert_eq!(prompt, 5, "prompt.weight and the MLP's two weights and biases");
     let state = load(&dir.join("runs/ptuning-tiny/step-6.optimizer.safetensors")).expect("state");
     assert!(state.keys().all(|k| k.split_once('.').is_some_and(|(_, n)| n.starts_with("prompt."))));
     let _ = std::fs::remove_dir_all(&dir);

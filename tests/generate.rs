@@ -140,4 +140,13 @@ fn the_cli_streams_the_same_text_for_the_same_seed() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("decoder") && !stderr.contains("panicked"), "{stderr}");
+    // Nor does a P-tuned model decode wrongly: it is refused before any weights load.
+    let out = Command::new(env!("CARGO_BIN_EXE_modelc"))
+        .current_dir(root())
+        .args(["generate", "examples/ptuning.model", "--prompt", "x"])
+        .output()
+        .expect("running modelc");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("P-tuning") && !stderr.contains("panicked"), "{stderr}");
 }

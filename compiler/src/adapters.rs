@@ -1,7 +1,9 @@
-//! Recipe adapters: what a recipe's `adapter = lora(...)` does to the instance tree, and
-//! which parameters a recipe trains (`adapter`, `trainable`). This stage sits between
-//! instantiation and elaboration: it rewrites the tree, so the Graph IR, `inspect` and the
-//! checkpoint names all see the adapted model, and nothing downstream knows about LoRA.
+//! Recipe adapters: what a recipe's `adapter = lora(...)` or `adapter = ptuning(...)` does
+//! to the instance tree, and which parameters a recipe trains (`adapter`, `trainable`).
+//! This stage sits between instantiation and elaboration: it rewrites the tree, so the
+//! Graph IR, `inspect` and the checkpoint names all see the adapted model. LoRA is a pure
+//! rewrite; P-tuning adds a `prompt` member and marks where the elaborator puts its output
+//! (`PromptSite`), the one thing downstream that knows about an adapter.
 
 use crate::elab::eval::Consts;
 use crate::elab::instance::{ArgValue, Instance, Instantiator, Member};
@@ -31,6 +33,158 @@ impl Lora {
 /// The LoRA parameters: the only ones a LoRA recipe trains.
 pub const LORA_PARAMS: &[&str] = &["*.lora_a", "*.lora_b"];
 
+/// `ptuning(tokens:, encoder: mlp|lstm|direct, at:)` (Liu et al., 2021): `tokens` virtual
+/// token embeddings from a `std.adapters.PromptEncoder`, placed in front of the output of
+/// the root's `Embedding` member `at` (the only one, by default).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PTuning {
+    pub tokens: i64,
+    /// The `Reparam` variant: `mlp`, `lstm` or `direct`.
+    pub encoder: String,
+    pub at: Option<String>,
+}
+
+/// The P-tuning parameters: the only ones a P-tuning recipe trains.
+pub const PTUNING_PARAMS: &[&str] = &["prompt.*"];
+
+/// A recipe's `adapter`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Adapter {
+    Lora(Lora),
+    PTuning(PTuning),
+}
+
+impl Adapter {
+    /// The globs of the parameters the adapter trains; the rest of the model is frozen.
+    pub fn trainable(&self) -> &'static [&'static str] {
+        match self {
+            Adapter::Lora(_) => LORA_PARAMS,
+            Adapter::PTuning(_) => PTUNING_PARAMS,
+        }
+    }
+}
+
+/// The recipe's `adapter` entry, evaluated; `span` is the entry's value, for messages.
+pub fn parse(value: &Value, file: FileId, span: Span) -> Result<Adapter, Error> {
+    match value {
+        Value::Call { name, args } if name == "ptuning" => parse_ptuning(args, file, span).map(Adapter::PTuning),
+        _ => parse_lora(value, file, span).map(Adapter::Lora),
+    }
+}
+
+/// Applies the recipe's adapter to the instance tree.
+pub fn apply(
+    program: &mut Program,
+    instance: Instance,
+    adapter: &Adapter,
+    site: (FileId, Span),
+) -> Result<Instance, Error> {
+    match adapter {
+        Adapter::Lora(lora) => apply_lora(program, instance, lora, site),
+        Adapter::PTuning(p) => apply_ptuning(program, instance, p, site),
+    }
+}
+
+fn parse_ptuning(args: &[(Option<String>, Value)], file: FileId, span: Span) -> Result<PTuning, Error> {
+    let bad =
+        |msg: String, help: &str| Error::new(file, Diagnostic::error(msg, span).with_label("here").with_help(help));
+    let mut p = PTuning { tokens: 0, encoder: "lstm".into(), at: None };
+    for (key, v) in args {
+        match (key.as_deref(), v) {
+            (Some("tokens"), Value::Int(n)) if *n > 0 => p.tokens = *n,
+            (Some("encoder"), Value::Symbol(e) | Value::Variant { variant: e, .. })
+                if ["mlp", "lstm", "direct"].contains(&e.as_str()) =>
+            {
+                p.encoder = e.clone()
+            }
+            (Some("at"), Value::Str(m)) => p.at = Some(m.clone()),
+            (Some(k @ ("tokens" | "encoder" | "at")), v) => return Err(bad(
+                format!("bad `{k}` for `ptuning`: `{v}`"),
+                "`tokens` is a positive int, `encoder` one of `mlp`, `lstm`, `direct`, `at` a member name in quotes",
+            )),
+            (k, _) => {
+                return Err(bad(
+                    format!("`ptuning` takes no argument `{}`", k.unwrap_or("(positional)")),
+                    "its arguments are `tokens:`, `encoder:` and `at:`",
+                ))
+            }
+        }
+    }
+    if p.tokens == 0 {
+        return Err(bad("`ptuning` needs `tokens`".into(), "write `adapter = ptuning(tokens: 8, encoder: mlp)`"));
+    }
+    Ok(p)
+}
+
+/// Adds the `prompt` member (a `PromptEncoder` of the embedding's width) to the root and
+/// marks the embedding whose output it precedes.
+fn apply_ptuning(
+    program: &mut Program,
+    mut instance: Instance,
+    p: &PTuning,
+    site: (FileId, Span),
+) -> Result<Instance, Error> {
+    let embedding = modules::std_item(program, "nn", "Embedding")?;
+    let encoder = modules::std_item(program, "adapters", "PromptEncoder")?;
+    let err = |msg: String, help: String| {
+        Error::new(site.0, Diagnostic::error(msg, site.1).with_label("in this adapter").with_help(help))
+    };
+    let embeddings: Vec<&crate::elab::instance::Sub> = instance
+        .members
+        .iter()
+        .filter_map(|m| match m {
+            Member::Sub(s) if s.copies.is_none() && s.instance.block == embedding => Some(s),
+            _ => None,
+        })
+        .collect();
+    let names: Vec<&str> = embeddings.iter().map(|s| s.name.as_str()).collect();
+    let chosen = match (&p.at, embeddings.as_slice()) {
+        (Some(at), _) => embeddings.iter().find(|s| &s.name == at).ok_or_else(|| {
+            err(
+                format!("`{}` has no `Embedding` member `{at}`", instance.block_name),
+                format!("its `Embedding` members: {}", if names.is_empty() { "none".into() } else { names.join(", ") }),
+            )
+        })?,
+        (None, [one]) => one,
+        (None, []) => {
+            return Err(err(
+                format!("P-tuning needs a token `Embedding` member in `{}`, and it has none", instance.block_name),
+                "the virtual tokens go in front of the output of the model's `std.nn.Embedding`".into(),
+            ))
+        }
+        (None, _) => {
+            return Err(err(
+                format!("`{}` has several `Embedding` members: {}", instance.block_name, names.join(", ")),
+                format!("name the token embedding: `ptuning(tokens: {}, at: \"{}\")`", p.tokens, names[0]),
+            ))
+        }
+    };
+    let (after, d) = (chosen.name.clone(), chosen.instance.args.iter().find(|(k, _)| k == "d").map(|(_, v)| v.clone()));
+    if instance.members.iter().any(|m| matches!(m, Member::Sub(s) if s.name == "prompt")) {
+        return Err(err(
+            format!("`{}` already has a member `prompt`, the name P-tuning's encoder takes", instance.block_name),
+            "rename that member".into(),
+        ));
+    }
+    let args: Vec<ArgValue> = [
+        ("tokens", Value::Int(p.tokens)),
+        ("d", d.unwrap_or(Value::None)),
+        ("encoder", Value::Variant { enum_name: "Reparam".into(), variant: p.encoder.clone() }),
+    ]
+    .into_iter()
+    .map(|(k, value)| ArgValue { name: Some((k.to_string(), site.1)), value, span: site.1, file: site.0 })
+    .collect();
+    let consts = Consts::default();
+    let prompt = Instantiator::new(program, &consts).instantiate(encoder, &args, site)?;
+    let docs = prompt.docs.clone();
+    instance.members.insert(
+        0,
+        Member::Sub(crate::elab::instance::Sub { name: "prompt".into(), copies: None, instance: prompt, docs }),
+    );
+    instance.prompt = Some(crate::elab::instance::PromptSite { after, encoder: "prompt".into(), tokens: p.tokens });
+    Ok(instance)
+}
+
 fn num(v: &Value) -> Option<f64> {
     match v {
         Value::Int(i) => Some(*i as f64),
@@ -58,14 +212,14 @@ pub fn parse_lora(value: &Value, file: FileId, span: Span) -> Result<Lora, Error
         |msg: String, help: &str| Error::new(file, Diagnostic::error(msg, span).with_label("here").with_help(help));
     let Value::Call { name, args } = value else {
         return Err(bad(
-            format!("`adapter` must be `lora(...)`, found {}", value.kind()),
+            format!("`adapter` must be `lora(...)` or `ptuning(...)`, found {}", value.kind()),
             "write `adapter = lora(rank: 8, alpha: 16, targets: [\"*.attn.wq\"])`",
         ));
     };
     if name != "lora" {
         return Err(bad(
             format!("unknown adapter `{name}`"),
-            "the adapter is `lora(rank:, alpha:, targets:)`; P-tuning is a model with a `std.adapters.PromptEncoder` and `trainable = [\"prompt.*\"]`",
+            "the adapters are `lora(rank:, alpha:, targets:)` and `ptuning(tokens:, encoder:)`",
         ));
     }
     let mut lora = Lora { rank: 8, alpha: 16.0, drop: 0.0, targets: Vec::new() };

@@ -57,7 +57,7 @@ pub fn instantiate(program: &mut Program, target: &Target) -> Result<Instance, E
     }
     let consts = Consts::default();
     let instance = Instantiator::new(program, &consts).instantiate(block, &args, site)?;
-    // A recipe's `adapter = lora(...)` rewrites the tree before anything sees it.
+    // A recipe's `adapter` (LoRA, P-tuning) rewrites the tree before anything sees it.
     let adapter = target.recipe.as_deref().and_then(|r| recipe_entry(program, r, "adapter"));
     match adapter {
         Some(entry) => {
@@ -65,8 +65,8 @@ pub fn instantiate(program: &mut Program, target: &Target) -> Result<Instance, E
             scope.recipe = true;
             let value = scope.eval(&entry.value)?;
             drop(scope);
-            let lora = adapters::parse_lora(&value, root, entry.value.span)?;
-            adapters::apply_lora(program, instance, &lora, (root, entry.value.span))
+            let adapter = adapters::parse(&value, root, entry.value.span)?;
+            adapters::apply(program, instance, &adapter, (root, entry.value.span))
         }
         None => Ok(instance),
     }
@@ -383,10 +383,12 @@ pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Opt
                 ("recompute", Value::Symbol(name)) => w.recompute = Some(name),
                 ("init", value) => w.upcycle = Some(upcycle::parse(&value, FileId(0), entry.value.span)?),
                 ("adapter", value) => {
-                    let lora = adapters::parse_lora(&value, FileId(0), entry.value.span)?;
+                    let adapter = adapters::parse(&value, FileId(0), entry.value.span)?;
                     let globs = w.trainable.get_or_insert_with(Vec::new);
-                    globs.extend(adapters::LORA_PARAMS.iter().map(|g| g.to_string()));
-                    w.lora = Some(lora);
+                    globs.extend(adapter.trainable().iter().map(|g| g.to_string()));
+                    if let adapters::Adapter::Lora(lora) = adapter {
+                        w.lora = Some(lora);
+                    }
                 }
                 ("trainable", Value::List(items)) => {
                     let globs = w.trainable.get_or_insert_with(Vec::new);

@@ -402,6 +402,10 @@ impl<'a> Builder<'a> {
                         ));
                     }
                     let v = self.expr(e, frame)?;
+                    let v = match &frame.instance.prompt {
+                        Some(site) => self.drop_prompt(v, site, frame, e.span)?,
+                        None => v,
+                    };
                     if let Some(ret) = &fwd.ret {
                         self.check_return(ret, &v, frame, e.span)?;
                     }
@@ -1020,7 +1024,13 @@ impl<'a> Builder<'a> {
         span: Span,
     ) -> Result<RValue, Error> {
         match sub.copies {
-            None => self.call_instance(&sub.instance, frame.join(name), args, frame, span),
+            None => {
+                let out = self.call_instance(&sub.instance, frame.join(name), args, frame, span)?;
+                match &frame.instance.prompt {
+                    Some(site) if site.after == name => self.prepend_prompt(out, site, frame, span),
+                    _ => Ok(out),
+                }
+            }
             Some((CopiesKind::Repeat, n)) => {
                 if !args.iter().any(|a| a.0.is_none()) {
                     return Err(self.err(
@@ -1046,6 +1056,80 @@ impl<'a> Builder<'a> {
                 Ok(out)
             }
             Some((CopiesKind::Stack, n)) => self.call_stacked(sub, n, args, frame, span),
+        }
+    }
+
+    /// P-tuning: the embedding `[B, T, d]` with the prompt encoder's `[n, d]` in front,
+    /// `[B, n + T, d]`.
+    fn prepend_prompt(
+        &mut self,
+        embedded: RValue,
+        site: &super::instance::PromptSite,
+        frame: &Frame,
+        span: Span,
+    ) -> Result<RValue, Error> {
+        let RValue::Tensor(e) = embedded else {
+            return Err(
+                self.err(frame, Diagnostic::error("P-tuning's embedding returned no tensor", span).with_label("here"))
+            );
+        };
+        let shape = self.ty(e).shape.clone();
+        if shape.len() != 3 {
+            return Err(self.err(
+                frame,
+                Diagnostic::error(
+                    format!("P-tuning needs the embedding to give `[B, T, d]`, it gives {}", self.ty(e).shape_text()),
+                    span,
+                )
+                .with_label("embedding called here"),
+            ));
+        }
+        let encoder = frame.instance.members.iter().find_map(|m| match m {
+            Member::Sub(s) if s.name == site.encoder => Some(s),
+            _ => None,
+        });
+        let Some(encoder) = encoder else {
+            return Err(
+                self.err(frame, Diagnostic::error("P-tuning's prompt encoder is missing", span).with_label("here"))
+            );
+        };
+        let RValue::Tensor(p) = self.call_sub(&site.encoder, encoder, &[], frame, span)? else {
+            return Err(
+                self.err(frame, Diagnostic::error("the prompt encoder returned no tensor", span).with_label("here"))
+            );
+        };
+        let n = Dim::constant(site.tokens);
+        let one = self.node(
+            Op::Reshape { shape: vec![Dim::constant(1), n.clone(), shape[2].clone()] },
+            vec![p],
+            frame,
+            span,
+        )?;
+        let wide =
+            self.node(Op::Broadcast { shape: vec![shape[0].clone(), n, shape[2].clone()] }, vec![one], frame, span)?;
+        Ok(RValue::Tensor(self.node(Op::Concat { axis: 1 }, vec![wide, e], frame, span)?))
+    }
+
+    /// P-tuning: the model's output without the virtual positions (axis 1 from `n`).
+    fn drop_prompt(
+        &mut self,
+        out: RValue,
+        site: &super::instance::PromptSite,
+        frame: &Frame,
+        span: Span,
+    ) -> Result<RValue, Error> {
+        let n = Dim::constant(site.tokens);
+        match out {
+            RValue::Tensor(t) if self.ty(t).rank() >= 2 && self.ty(t).shape[1].sub(&n).is_symbolic() => {
+                let end = self.ty(t).shape[1].clone();
+                Ok(RValue::Tensor(self.node(Op::Slice { axis: 1, start: n, end }, vec![t], frame, span)?))
+            }
+            _ => Err(self.err(
+                frame,
+                Diagnostic::error("P-tuning needs a model whose output has a position axis (`[B, T, ...]`)", span)
+                    .with_label("this output")
+                    .with_help("the virtual tokens are dropped from axis 1 of the output"),
+            )),
         }
     }
 

@@ -37,6 +37,18 @@ pub struct Instance {
     /// branches taken, in order.
     pub statics: Vec<(String, Value)>,
     pub members: Vec<Member>,
+    /// Set on the root by a recipe's `adapter = ptuning(..)`; `None` everywhere else.
+    pub prompt: Option<PromptSite>,
+}
+
+/// P-tuning's place in a model: the root's call of member `after` (its token embedding,
+/// `[B, T, d]`) gets member `encoder`'s `[tokens, d]` virtual tokens in front, so the
+/// layers see `tokens + T` positions; the root's output drops those positions again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptSite {
+    pub after: String,
+    pub encoder: String,
+    pub tokens: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -263,6 +275,7 @@ impl<'a> Instantiator<'a> {
             args: bound,
             statics,
             members,
+            prompt: None,
         })
     }
 
