@@ -326,6 +326,27 @@ pub struct Workload {
     pub entries: Vec<(String, Value)>,
 }
 
+/// The keys a recipe may set (docs/language.md §9).
+pub const RECIPE_KEYS: &[&str] = &[
+    "model",
+    "init",
+    "adapter",
+    "trainable",
+    "merge",
+    "objective",
+    "data",
+    "optimizer",
+    "schedule",
+    "precision",
+    "recompute",
+    "accumulate",
+    "clip",
+    "steps",
+    "eval",
+    "checkpoint",
+    "seed",
+];
+
 pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Option<i64>) -> Result<Workload, Error> {
     let mut w = Workload {
         batch: 1,
@@ -355,6 +376,15 @@ pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Opt
             args.iter().find(|(k, _)| k.as_deref() == Some(key)).map(|(_, v)| v.clone())
         };
         for entry in recipe.map(|r| r.entries.as_slice()).unwrap_or_default() {
+            if !RECIPE_KEYS.contains(&entry.key.name.as_str()) {
+                let mut d = Diagnostic::error(format!("unknown recipe entry `{}`", entry.key.name), entry.key.span)
+                    .with_label("not a recipe key");
+                d = match suggest(&entry.key.name, RECIPE_KEYS.iter().copied()) {
+                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                    None => d.with_help(format!("the keys are {}", RECIPE_KEYS.join(", "))),
+                };
+                return Err(Error::new(FileId(0), d));
+            }
             let value = scope.eval(&entry.value)?;
             w.entries.push((entry.key.name.clone(), value.clone()));
             match (entry.key.name.as_str(), value) {
