@@ -127,7 +127,9 @@ fn overflowing_steps_are_skipped_and_the_scale_halves() {
         let (prev, next) = (w[0]["loss_scale"].as_f64().expect("scale"), w[1]["loss_scale"].as_f64().expect("scale"));
         assert_eq!(next, if w[0]["skipped"] == true { prev / 2.0 } else { prev });
     }
-    assert!(m.last().is_some_and(|l| l["skipped"] == false));
+    // Training goes on: most later steps apply (a later overflow may still skip one).
+    let applied = m[first_applied..].iter().filter(|l| l["skipped"] == false).count();
+    assert!(2 * applied >= m.len() - first_applied, "{applied} of {} later steps applied", m.len() - first_applied);
     // A skipped step leaves the parameters and optimizer state exactly as they were.
     let read = |step: usize| std::fs::read(dir.join(format!("step-{step}.safetensors"))).expect("checkpoint");
     let read_opt = |step: usize| std::fs::read(dir.join(format!("step-{step}.optimizer.safetensors"))).expect("state");
