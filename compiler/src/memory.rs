@@ -28,6 +28,7 @@ pub fn last_uses(graph: &Graph, keep: &[ValueId]) -> Vec<usize> {
 pub fn kept(graph: &Graph) -> Vec<ValueId> {
     let mut keep = graph.outputs.clone();
     keep.extend(graph.grads.iter().map(|(_, v)| *v));
+    keep.extend(graph.updates.iter().map(|(_, v)| *v));
     keep.extend(graph.aux_losses.iter().chain(&graph.metrics).map(|(_, v)| *v));
     keep
 }

@@ -35,6 +35,10 @@ pub struct Graph {
     pub dim_defs: Vec<DimDef>,
     /// After autodiff: each parameter's gradient, by checkpoint name.
     pub grads: Vec<(String, ValueId)>,
+    /// Declared aliases: after a call, the persistent buffer (a `param` leaf of this
+    /// name) holds this value. The training step's gradient accumulators and the apply
+    /// graph's parameters and optimizer state are updated in place this way.
+    pub updates: Vec<(String, ValueId)>,
 }
 
 /// `C0 = ceil(capacity * k * tokens / experts)`: an expert's slots in an MoE layer.
@@ -116,6 +120,9 @@ impl fmt::Display for Graph {
         }
         for (name, v) in &self.grads {
             writeln!(f, "grad {name} = %{}", v.0)?;
+        }
+        for (name, v) in &self.updates {
+            writeln!(f, "update {name} = %{}", v.0)?;
         }
         let outs: Vec<String> = self.outputs.iter().map(|o| format!("%{}", o.0)).collect();
         writeln!(f, "return {}", outs.join(", "))
