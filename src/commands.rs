@@ -6,7 +6,6 @@ use crate::report::Reporter;
 use modelc_compiler::Lowering;
 use modelc_compiler::{inspect, Program, Target};
 use modelc_grammar::{dump, format, parse, Parsed, SourceFile};
-use std::collections::HashMap;
 use std::path::Path;
 
 pub const EXIT_OK: i32 = 0;
@@ -229,6 +228,8 @@ fn interpreter_graph(
 
 /// How `modelc run` was asked to run, beyond the target.
 pub struct RunArgs<'a> {
+    /// `--backend`: which backend compiles and runs the model.
+    pub backend: &'a str,
     pub seed: Option<u64>,
     /// A modelc checkpoint: a safetensors file or a run directory.
     pub checkpoint: Option<&'a Path>,
@@ -246,35 +247,47 @@ fn run_params(
     w: &modelc_compiler::Workload,
     args: &RunArgs,
     seed: u64,
-) -> Result<std::collections::HashMap<String, modelc_compiler::interp::tensor::Tensor>, String> {
+) -> Result<modelc_runtime::checkpoint::Tensors, String> {
     if let Some(w) = args.weights {
-        return crate::weights::import(instance, w);
+        return crate::weights::import(instance, w)
+            .map(|p| p.into_iter().map(|(k, t)| (k, (t.shape, t.data))).collect());
     }
     let Some(p) = args.checkpoint else {
         return crate::train::initial_params(instance, w, seed);
     };
     if p.is_dir() {
-        crate::train::latest_checkpoint(p).map(|(_, params, _, _)| params)
+        modelc_runtime::train::latest_checkpoint(p).map(|r| r.params)
     } else {
         modelc_runtime::checkpoint::load(p)
-            .map(|t| t.into_iter().map(|(k, (s, d))| (k, modelc_compiler::interp::tensor::Tensor::new(s, d))).collect())
     }
+}
+
+/// The backend `--backend` names, or the exit code after saying why not.
+fn backend(name: &str, report: &Reporter) -> Result<Box<dyn modelc_compiler::backend::Backend>, i32> {
+    modelc_compiler::backend::select(name).map_err(|why| {
+        report.plain_error(&why);
+        EXIT_UNSUPPORTED
+    })
 }
 
 /// `modelc run`: one forward pass. With `--text`, the model's output for each text (padded
 /// into one batch with a `bool` mask input, when the model takes one); otherwise the loss
 /// of the recipe's objective on a batch of the built-in corpus.
 pub fn run(path: &Path, target: &Target, args: &RunArgs, report: &Reporter) -> i32 {
-    use modelc_compiler::interp;
+    use modelc_runtime::executable::CallOptions;
     let Some(mut program) = load_program(path, report) else {
         return EXIT_INPUT;
+    };
+    let backend = match backend(args.backend, report) {
+        Ok(b) => b,
+        Err(code) => return code,
     };
     let what = if args.texts.is_empty() { Lowering::Loss } else { Lowering::Outputs };
     let (instance, graph, w) = match interpreter_graph(&mut program, target, what, report) {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let seed = args.seed.unwrap_or(w.seed);
+    let seed = args.seed.unwrap_or(w.recipe.seed);
     let params = match run_params(&instance, &w, args, seed) {
         Ok(params) => params,
         Err(why) => {
@@ -296,15 +309,27 @@ pub fn run(path: &Path, target: &Target, args: &RunArgs, report: &Reporter) -> i
             return code;
         }
     };
-    let options = interp::Options { precision: interp::Precision::Native, training: false, seed };
-    let values = match interp::run(&graph, &inputs, &params, &options) {
-        Ok(values) => values,
-        Err(e) => {
-            report.plain_error(&format!("running the model: {e}"));
+    let buffers = crate::train::model_buffers(&instance);
+    let executed = backend
+        .compile(buffers, vec![modelc_compiler::backend::Program::of_outputs("run", graph)])
+        .and_then(|mut exe| {
+            crate::train::write_params(exe.as_mut(), params)?;
+            let inputs = inputs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            exe.call("run", inputs, CallOptions { training: false, seed })
+                .map_err(|e| format!("running the model: {e}"))
+        });
+    let out = match executed.map(|r| r.into_iter().next()) {
+        Ok(Some((_, out))) => out,
+        Ok(None) => {
+            report.plain_error("the model returned nothing");
+            return EXIT_INPUT;
+        }
+        Err(why) => {
+            report.plain_error(&why);
             return EXIT_INPUT;
         }
     };
-    let out = &values[graph.outputs[0].0 as usize];
+    let out = &out;
     if !args.texts.is_empty() {
         print_output(out, args.json);
         return EXIT_OK;
@@ -313,7 +338,7 @@ pub fn run(path: &Path, target: &Target, args: &RunArgs, report: &Reporter) -> i
     if args.json {
         println!("{}", serde_json::json!({ "loss": loss }));
     } else {
-        let objective = w.objective.clone().unwrap_or_else(|| "causal_lm".into());
+        let objective = w.recipe.objective.name();
         println!(
             "loss {loss:.4} ({objective}, {} x {} tokens of the built-in corpus, {} with {} parameters, seed {seed})",
             w.batch.max(1),
@@ -325,7 +350,7 @@ pub fn run(path: &Path, target: &Target, args: &RunArgs, report: &Reporter) -> i
     EXIT_OK
 }
 
-type Inputs = std::collections::HashMap<String, modelc_compiler::interp::tensor::Tensor>;
+type Inputs = Vec<(String, modelc_runtime::executable::HostTensor)>;
 
 /// One batch of the recipe's objective from the built-in corpus, and its targets.
 fn corpus_inputs(
@@ -335,14 +360,13 @@ fn corpus_inputs(
 ) -> Result<Inputs, (String, i32)> {
     let (b, t) = (w.batch.max(1) as usize, w.seq.max(1) as usize);
     let corpus = modelc_runtime::data::Corpus::builtin();
-    let objective_entry = w.entries.iter().find(|(k, _)| k == "objective").map(|(_, v)| v);
-    let (tokens, targets) = crate::train::Batches::from_recipe(objective_entry).batch(&corpus, b, t, seed, 0);
+    let (tokens, targets) = w.recipe.objective.batches().batch(&corpus, b, t, seed, 0);
     let names = crate::train::token_inputs(graph);
     if names.is_empty() {
         return Err(("the model takes no token ids".into(), EXIT_UNSUPPORTED));
     }
     let mut inputs: Inputs = names.into_iter().zip(tokens).collect();
-    inputs.insert("targets".to_string(), targets);
+    inputs.push(("targets".to_string(), targets));
     Ok(inputs)
 }
 
@@ -354,7 +378,7 @@ fn text_inputs(
     texts: &[String],
 ) -> Result<Inputs, (String, i32)> {
     use modelc_compiler::graph::{op::Op, types::DType};
-    use modelc_compiler::interp::tensor::Tensor;
+    use modelc_runtime::executable::HostTensor as Tensor;
     let tok = match tokenizer {
         None => modelc_runtime::tokenizer::Tokenizer::Bytes,
         Some(p) => modelc_runtime::tokenizer::Tokenizer::load(p, None).map_err(|e| (e, EXIT_INPUT))?,
@@ -386,13 +410,13 @@ fn text_inputs(
                 ))
             }
         };
-        inputs.insert(name.clone(), slot.clone());
+        inputs.push((name.clone(), slot.clone()));
     }
     Ok(inputs)
 }
 
 /// Prints a `[B, ...]` output: `{"output": [...]}` with `--json`, else one line per row.
-fn print_output(out: &modelc_compiler::interp::tensor::Tensor, json: bool) {
+fn print_output(out: &modelc_runtime::executable::HostTensor, json: bool) {
     fn nest(shape: &[usize], data: &[f64]) -> serde_json::Value {
         match shape.split_first() {
             None => serde_json::json!(data[0] as f32),
@@ -426,10 +450,11 @@ pub struct TrainArgs<'a> {
     pub seed: Option<u64>,
     pub checkpoint_every: Option<u64>,
     pub resume: Option<&'a Path>,
+    /// `--backend`: which backend compiles and runs the programs.
+    pub backend: &'a str,
 }
 
 pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) -> i32 {
-    use modelc_compiler::elab::value::Value;
     let TrainArgs { steps, out, seed, .. } = *args;
     let Some(mut program) = load_program(path, report) else {
         return EXIT_INPUT;
@@ -438,39 +463,24 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
     if target.recipe.is_none() {
         target.recipe = Some("tiny".to_string());
     }
+    let backend = match modelc_compiler::backend::select(args.backend) {
+        Ok(b) => b,
+        Err(why) => {
+            report.plain_error(&why);
+            return EXIT_UNSUPPORTED;
+        }
+    };
     let (instance, graph, w) = match interpreter_graph(&mut program, &target, Lowering::Training, report) {
         Ok(x) => x,
         Err(code) => return code,
     };
+    let r = &w.recipe;
     let total = instance.param_count();
-    let entry = |key: &str| w.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v);
-    let int = |key: &str| match entry(key) {
-        Some(Value::Int(i)) => Some(*i),
-        _ => None,
-    };
-    let steps = steps.or(int("steps").map(|s| s.max(0) as u64)).unwrap_or(100);
-    let seed = seed.unwrap_or(w.seed);
-    let setup = crate::train::optimizer(entry("optimizer"))
-        .and_then(|(opt, peak)| crate::train::schedule(entry("schedule"), peak, steps).map(|s| (opt, s)));
-    let (optimizer, schedule) = match setup {
-        Ok(x) => x,
-        Err(why) => {
-            report.plain_error(&why);
-            return EXIT_INPUT;
-        }
-    };
-    let clip = match entry("clip") {
-        Some(Value::Float(c)) => Some(*c),
-        Some(Value::Int(c)) => Some(*c as f64),
-        _ => None,
-    };
-    let mut loss_scale = match crate::train::loss_scale(entry("precision")) {
-        Ok(ls) => ls,
-        Err(why) => {
-            report.plain_error(&why);
-            return EXIT_INPUT;
-        }
-    };
+    let steps = steps.or(r.steps).unwrap_or(100);
+    let seed = seed.unwrap_or(r.seed);
+    let schedule =
+        modelc_runtime::schedule::Schedule { peak: r.optimizer.lr, total: steps, phases: r.schedule.clone() };
+    let mut loss_scale = r.precision.loss_scale();
     let token_inputs = crate::train::token_inputs(&graph);
     if token_inputs.is_empty() {
         report.plain_error("the model takes no token ids");
@@ -488,49 +498,40 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
     let dir = out.or(args.resume).map(Path::to_path_buf).unwrap_or_else(|| {
         std::path::PathBuf::from("runs").join(format!("{stem}-{}", target.recipe.as_deref().unwrap_or("tiny")))
     });
-    // Resuming: the latest checkpoint's parameters and optimizer state, its metrics kept.
-    let mut params = if args.resume.is_some() {
-        HashMap::new()
-    } else {
-        match crate::train::initial_params(&instance, &w, seed) {
-            Ok(p) => p,
-            Err(why) => {
-                report.plain_error(&why);
-                return EXIT_INPUT;
-            }
+    let mut training = match crate::train::compile(backend.as_ref(), graph, &instance, &w) {
+        Ok(t) => t,
+        Err(why) => {
+            report.plain_error(&format!("compiling the training step: {why}"));
+            return EXIT_UNSUPPORTED;
         }
     };
-    let mut optimizer = optimizer;
-    let mut start_step = 1;
-    if let Some(from) = args.resume {
-        match crate::train::latest_checkpoint(from) {
-            Ok((step, loaded, opt_step, state)) => {
-                params = loaded;
-                optimizer.restore(opt_step, &state);
-                if let Some(ls) = loss_scale.as_mut() {
-                    let sidecar = std::fs::read_to_string(from.join(format!("step-{step}.json"))).unwrap_or_default();
-                    let v: serde_json::Value = serde_json::from_str(&sidecar).unwrap_or_default();
-                    ls.scale = v["loss_scale"]["scale"].as_f64().unwrap_or(ls.scale);
-                    ls.clean = v["loss_scale"]["clean"].as_u64().unwrap_or(0);
-                }
-                start_step = step + 1;
-                let kept: String = std::fs::read_to_string(dir.join("metrics.jsonl"))
-                    .unwrap_or_default()
-                    .lines()
-                    .take(step as usize)
-                    .map(|l| format!("{l}\n"))
-                    .collect();
-                if let Err(e) = std::fs::write(dir.join("metrics.jsonl"), kept) {
-                    report.plain_error(&format!("cannot rewrite metrics.jsonl: {e}"));
-                    return EXIT_INPUT;
-                }
-                eprintln!("resuming from step {step} in {}", from.display());
+    // Resuming: the latest checkpoint's parameters and optimizer state, its metrics kept.
+    let (mut start_step, mut optimizer_step) = (1, 0);
+    let started = match args.resume {
+        None => crate::train::initial_params(&instance, &w, seed)
+            .and_then(|p| crate::train::write_params(training.exe.as_mut(), p)),
+        Some(from) => modelc_runtime::train::latest_checkpoint(from).and_then(|resumed| {
+            crate::train::write_params(training.exe.as_mut(), resumed.params)?;
+            crate::train::write_state(training.exe.as_mut(), &training.state, resumed.state)?;
+            if let (Some(ls), Some((scale, clean))) = (loss_scale.as_mut(), resumed.loss_scale) {
+                (ls.scale, ls.clean) = (scale, clean);
             }
-            Err(why) => {
-                report.plain_error(&why);
-                return EXIT_INPUT;
-            }
-        }
+            (start_step, optimizer_step) = (resumed.step + 1, resumed.optimizer_step);
+            let kept: String = std::fs::read_to_string(dir.join("metrics.jsonl"))
+                .unwrap_or_default()
+                .lines()
+                .take(resumed.step as usize)
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(dir.join("metrics.jsonl"), kept)
+                .map_err(|e| format!("cannot rewrite metrics.jsonl: {e}"))?;
+            eprintln!("resuming from step {} in {}", resumed.step, from.display());
+            Ok(())
+        }),
+    };
+    if let Err(why) = started {
+        report.plain_error(&why);
+        return EXIT_INPUT;
     }
     let metrics = std::fs::create_dir_all(&dir).and_then(|_| {
         std::fs::OpenOptions::new()
@@ -548,67 +549,62 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
         }
     };
     eprintln!(
-        "training {} ({} parameters) for {steps} steps, batch {} x {} tokens, seed {seed}; metrics in {}",
+        "training {} ({} parameters) for {steps} steps, batch {} x {} tokens, seed {seed}, backend {}; metrics in {}",
         instance.block_name,
         inspect::thousands(total),
         w.batch,
         w.seq,
+        backend.name(),
         dir.join("metrics.jsonl").display()
     );
-    let every = args.checkpoint_every.or(match entry("checkpoint") {
-        Some(Value::Call { name, args }) if name == "every" => args.first().and_then(|(_, v)| match v {
-            Value::Int(n) => Some(*n as u64),
-            _ => None,
-        }),
-        _ => None,
-    });
-    let run = crate::train::Run {
-        graph: &graph,
-        params,
-        optimizer,
-        schedule,
-        clip,
-        accumulate: int("accumulate").unwrap_or(1).max(1) as usize,
+    let plan = modelc_runtime::train::Plan {
         steps,
+        start_step,
+        optimizer_step,
+        accumulate: r.accumulate.max(1) as usize,
         batch: w.batch.max(1) as usize,
         seq: w.seq.max(1) as usize,
         seed,
         token_inputs,
-        batches: crate::train::Batches::from_recipe(entry("objective")),
-        start_step,
-        checkpoint_every: every,
-        out_dir: dir.clone(),
+        batches: r.objective.batches(),
         corpus,
+        schedule,
+        optimizer: r.optimizer.kind.clone(),
         loss_scale,
+        checkpoint_every: args.checkpoint_every.or(r.checkpoint),
+        out_dir: dir.clone(),
+        params: training.params.clone(),
+        state: training.state.clone(),
     };
-    match crate::train::train(run, &mut metrics, (steps / 20).max(1)) {
-        Ok(params) => {
-            let _ = std::io::Write::flush(&mut metrics);
-            // `final.safetensors`: the plain weights to start from, or to run; a LoRA
-            // recipe with `merge = true` folds its adapters in first.
-            let merge = matches!(entry("merge"), Some(Value::Bool(true)));
-            let mut tensors: modelc_runtime::checkpoint::Tensors =
-                params.into_iter().map(|(k, t)| (k, (t.shape, t.data))).collect();
-            if let (true, Some(lora)) = (merge, &w.lora) {
-                if let Err(why) = modelc_compiler::adapters::merge(&mut tensors, lora.scale()) {
-                    report.plain_error(&format!("merging the adapters: {why}"));
-                    return EXIT_INPUT;
+    let mut progress = crate::progress::Progress::new(plan.steps, plan.start_step);
+    let trained = modelc_runtime::train::train(training.exe.as_mut(), plan, &mut metrics, &mut |s| progress.step(s));
+    progress.finish();
+    let _ = std::io::Write::flush(&mut metrics);
+    if let Err(why) = trained {
+        report.plain_error(&format!("training: {why}"));
+        return EXIT_INPUT;
+    }
+    // `final.safetensors`: the plain weights to start from, or to run; a LoRA recipe with
+    // `merge = true` folds its adapters in first.
+    let finished =
+        modelc_runtime::train::read_params(training.exe.as_mut(), &training.params).and_then(|mut tensors| {
+            let merged = match (r.merge, w.lora()) {
+                (true, Some(lora)) => {
+                    crate::merge::merge(backend.as_ref(), &mut tensors, lora.scale())
+                        .map_err(|e| format!("merging the adapters: {e}"))?;
+                    true
                 }
-            }
+                _ => false,
+            };
             let file = dir.join("final.safetensors");
-            match modelc_runtime::checkpoint::save(&file, &tensors) {
-                Ok(()) => {
-                    eprintln!("final weights{} in {}", if merge { " (adapters merged)" } else { "" }, file.display());
-                    EXIT_OK
-                }
-                Err(why) => {
-                    report.plain_error(&why);
-                    EXIT_INPUT
-                }
-            }
-        }
+            modelc_runtime::checkpoint::save(&file, &tensors)?;
+            eprintln!("final weights{} in {}", if merged { " (adapters merged)" } else { "" }, file.display());
+            Ok(())
+        });
+    match finished {
+        Ok(()) => EXIT_OK,
         Err(why) => {
-            report.plain_error(&format!("training: {why}"));
+            report.plain_error(&why);
             EXIT_INPUT
         }
     }
@@ -616,9 +612,20 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
 
 /// `modelc merge`: a LoRA run's checkpoint with `lora_a @ lora_b * alpha / rank` folded
 /// into each adapted weight, written as a plain checkpoint of the base model.
-pub fn merge(path: &Path, target: &Target, checkpoint: &Path, out: &Path, report: &Reporter) -> i32 {
+pub fn merge(
+    path: &Path,
+    target: &Target,
+    backend_name: &str,
+    checkpoint: &Path,
+    out: &Path,
+    report: &Reporter,
+) -> i32 {
     let Some(program) = load_program(path, report) else {
         return EXIT_INPUT;
+    };
+    let backend = match backend(backend_name, report) {
+        Ok(b) => b,
+        Err(code) => return code,
     };
     let mut target = target.clone();
     if target.recipe.is_none() {
@@ -631,7 +638,7 @@ pub fn merge(path: &Path, target: &Target, checkpoint: &Path, out: &Path, report
             return EXIT_INPUT;
         }
     };
-    let Some(lora) = &w.lora else {
+    let Some(lora) = w.lora() else {
         report.plain_error(&format!(
             "recipe `{}` has no `adapter = lora(...)`: there is nothing to merge",
             target.recipe.as_deref().unwrap_or_default()
@@ -639,13 +646,12 @@ pub fn merge(path: &Path, target: &Target, checkpoint: &Path, out: &Path, report
         return EXIT_INPUT;
     };
     let loaded = if checkpoint.is_dir() {
-        crate::train::latest_checkpoint(checkpoint)
-            .map(|(_, p, _, _)| p.into_iter().map(|(k, t)| (k, (t.shape, t.data))).collect())
+        modelc_runtime::train::latest_checkpoint(checkpoint).map(|r| r.params)
     } else {
         modelc_runtime::checkpoint::load(checkpoint)
     };
     let merged = loaded.and_then(|mut tensors| {
-        let n = modelc_compiler::adapters::merge(&mut tensors, lora.scale())?;
+        let n = crate::merge::merge(backend.as_ref(), &mut tensors, lora.scale())?;
         if n == 0 {
             return Err(format!("`{}` holds no `lora_a`/`lora_b` tensors", checkpoint.display()));
         }
@@ -665,6 +671,8 @@ pub fn merge(path: &Path, target: &Target, checkpoint: &Path, out: &Path, report
 
 /// How `modelc generate` was asked to run, beyond the target.
 pub struct GenerateArgs<'a> {
+    /// `--backend`: which backend compiles and runs the model.
+    pub backend: &'a str,
     pub checkpoint: Option<&'a Path>,
     pub prompt: &'a str,
     pub max_tokens: usize,
@@ -699,8 +707,13 @@ pub fn generate(path: &Path, target: &Target, args: &GenerateArgs, report: &Repo
         );
         return EXIT_INPUT;
     }
-    let seed = args.seed.unwrap_or(w.seed);
+    let seed = args.seed.unwrap_or(w.recipe.seed);
+    let backend = match backend(args.backend, report) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
     let run_args = RunArgs {
+        backend: args.backend,
         seed: Some(seed),
         checkpoint: args.checkpoint,
         weights: None,
@@ -713,7 +726,8 @@ pub fn generate(path: &Path, target: &Target, args: &GenerateArgs, report: &Repo
             None => modelc_runtime::tokenizer::Tokenizer::Bytes,
             Some(p) => modelc_runtime::tokenizer::Tokenizer::load(p, None)?,
         };
-        Ok((crate::generate::Model::new(graph, params)?, tok))
+        let buffers = crate::train::model_buffers(&instance);
+        Ok((crate::generate::Model::new(backend.as_ref(), graph, buffers, params)?, tok))
     });
     let (model, tok) = match setup {
         Ok(x) => x,

@@ -1,28 +1,36 @@
-//! Text generation over the reference interpreter: the model's forward graph for the
-//! uncached path, its decode-step graph (`passes::kv_cache`) for incremental decoding,
-//! the runtime's sampling, and beam search. Both paths give the same logits; the cached
-//! one does `O(T)` work per token instead of `O(T²)`.
+//! Text generation through a backend's executable: the model's forward (`forward`) for
+//! the uncached path, its decode step (`decode`, from `passes::kv_cache`) for incremental
+//! decoding, the runtime's sampling, and beam search. Both paths give the same logits; the
+//! cached one does `O(T)` work per token instead of `O(T²)`. The parameters stay in the
+//! executable; each call sends tokens (and the caches, which still travel as inputs).
 
+use modelc_compiler::backend::{Backend, Program};
+use modelc_compiler::graph::types::TensorType;
 use modelc_compiler::graph::Graph;
-use modelc_compiler::interp::{self, tensor::Tensor};
 use modelc_compiler::passes::kv_cache::{self, CacheSlot};
+use modelc_runtime::checkpoint::Tensors;
+use modelc_runtime::executable::{CallOptions, Executable, HostTensor};
 use modelc_runtime::rng::Rng;
 use modelc_runtime::sampling::{log_softmax, penalised, Sampling};
-use std::collections::HashMap;
+use std::cell::RefCell;
 
-/// A decoder ready to generate: its graphs, parameters and token input.
+/// A decoder ready to generate: its compiled programs (holding the parameters), caches
+/// and token input.
 pub struct Model {
-    /// The forward graph: logits `[B, T, vocab]` of a `[B, T]` token input.
-    pub full: Graph,
-    /// The decode step and its caches.
-    pub step: Graph,
+    exe: RefCell<Box<dyn Executable>>,
     pub slots: Vec<CacheSlot>,
-    pub params: HashMap<String, Tensor>,
     pub token_input: String,
 }
 
 impl Model {
-    pub fn new(full: Graph, params: HashMap<String, Tensor>) -> Result<Model, String> {
+    /// Compiles `full` (the model's forward) and its decode step on `backend`, with the
+    /// model's parameter buffers `buffers` filled from `params`.
+    pub fn new(
+        backend: &dyn Backend,
+        full: Graph,
+        buffers: Vec<(String, TensorType)>,
+        params: Tensors,
+    ) -> Result<Model, String> {
         let token_input = crate::train::token_inputs(&full);
         let [token_input] = token_input.as_slice() else {
             return Err(format!(
@@ -35,7 +43,15 @@ impl Model {
             return Err(format!("generation needs logits `[B, T, vocab]`; the model returns {logits}"));
         }
         let (step, slots) = kv_cache::decode_step(&full)?;
-        Ok(Model { full, step, slots, params, token_input: token_input.clone() })
+        let decode = Program {
+            name: "decode".into(),
+            returns: step.outputs.iter().enumerate().map(|(i, v)| (format!("out{i}"), *v)).collect(),
+            graph: step,
+        };
+        let programs = vec![Program::of_outputs("forward", full), decode];
+        let mut exe = backend.compile(buffers, programs)?;
+        crate::train::write_params(exe.as_mut(), params)?;
+        Ok(Model { exe: RefCell::new(exe), slots, token_input: token_input.clone() })
     }
 }
 
@@ -62,24 +78,20 @@ pub struct Generated {
     pub logits: Vec<Vec<f64>>,
 }
 
-fn options() -> interp::Options {
-    interp::Options { precision: interp::Precision::Native, training: false, seed: 0 }
-}
-
-fn token_tensor(rows: &[&[u32]]) -> Tensor {
+fn token_tensor(rows: &[&[u32]]) -> HostTensor {
     let t = rows.first().map_or(0, |r| r.len());
-    Tensor::new(vec![rows.len(), t], rows.iter().flat_map(|r| r.iter().map(|&x| f64::from(x))).collect())
+    HostTensor::new(vec![rows.len(), t], rows.iter().flat_map(|r| r.iter().map(|&x| f64::from(x))).collect())
 }
 
 /// The last position's logits of every row of a `[B, T, V]` tensor.
-fn last_rows(logits: &Tensor) -> Vec<Vec<f64>> {
+fn last_rows(logits: &HostTensor) -> Vec<Vec<f64>> {
     let (b, t, v) = (logits.shape[0], logits.shape[1], logits.shape[2]);
     (0..b).map(|i| logits.data[(i * t + t - 1) * v..(i * t + t) * v].to_vec()).collect()
 }
 
 /// The KV cache of a batch of sequences: per slot, keys and values `[B, Hkv, P, hd]`.
 struct Cache {
-    tensors: Vec<Tensor>,
+    tensors: Vec<HostTensor>,
     past: usize,
 }
 
@@ -89,7 +101,10 @@ impl Model {
             .slots
             .iter()
             .flat_map(|s| {
-                [Tensor::zeros(vec![batch, s.heads, 0, s.head_dim]), Tensor::zeros(vec![batch, s.heads, 0, s.v_dim])]
+                [
+                    HostTensor::new(vec![batch, s.heads, 0, s.head_dim], Vec::new()),
+                    HostTensor::new(vec![batch, s.heads, 0, s.v_dim], Vec::new()),
+                ]
             })
             .collect();
         Cache { tensors, past: 0 }
@@ -98,25 +113,29 @@ impl Model {
     /// Runs the decode step on `rows` (equal lengths) after `cache`, extending it; returns
     /// each row's last logits.
     fn step(&self, rows: &[&[u32]], cache: &mut Cache) -> Result<Vec<Vec<f64>>, String> {
-        let mut inputs = HashMap::new();
-        inputs.insert(self.token_input.clone(), token_tensor(rows));
-        inputs.insert(kv_cache::PAST.to_string(), Tensor::scalar(cache.past as f64));
-        for (slot, kv) in self.slots.iter().zip(cache.tensors.chunks(2)) {
-            inputs.insert(slot.k_input.clone(), kv[0].clone());
-            inputs.insert(slot.v_input.clone(), kv[1].clone());
+        let mut inputs = vec![
+            (self.token_input.as_str(), token_tensor(rows)),
+            (kv_cache::PAST, HostTensor::scalar(cache.past as f64)),
+        ];
+        let tensors = std::mem::take(&mut cache.tensors);
+        for (slot, kv) in self.slots.iter().zip(tensors.chunks(2)) {
+            inputs.push((slot.k_input.as_str(), kv[0].clone()));
+            inputs.push((slot.v_input.as_str(), kv[1].clone()));
         }
-        let values = interp::run(&self.step, &inputs, &self.params, &options()).map_err(|e| e.0)?;
-        let out = |i: usize| values[self.step.outputs[i].0 as usize].clone();
-        cache.tensors = self.slots.iter().flat_map(|s| [out(s.k_output), out(s.v_output)]).collect();
+        let mut out: Vec<HostTensor> =
+            self.exe.borrow_mut().call("decode", inputs, CallOptions::default())?.into_iter().map(|(_, t)| t).collect();
+        let mut take = |i: usize| std::mem::replace(&mut out[i], HostTensor::new(vec![0], Vec::new()));
+        cache.tensors = self.slots.iter().flat_map(|s| [take(s.k_output), take(s.v_output)]).collect();
         cache.past += rows.first().map_or(0, |r| r.len());
-        Ok(last_rows(&out(0)))
+        Ok(last_rows(&out[0]))
     }
 
     /// The whole forward on `tokens`: the last position's logits.
     pub fn full_logits(&self, tokens: &[u32]) -> Result<Vec<f64>, String> {
-        let inputs = HashMap::from([(self.token_input.clone(), token_tensor(&[tokens]))]);
-        let values = interp::run(&self.full, &inputs, &self.params, &options()).map_err(|e| e.0)?;
-        Ok(last_rows(&values[self.full.outputs[0].0 as usize]).remove(0))
+        let inputs = vec![(self.token_input.as_str(), token_tensor(&[tokens]))];
+        let out = self.exe.borrow_mut().call("forward", inputs, CallOptions::default())?;
+        let logits = out.into_iter().next().map(|(_, t)| t).ok_or("the model returned nothing")?;
+        Ok(last_rows(&logits).remove(0))
     }
 
     /// Generates from `req`, calling `emit` with each chosen token as soon as it is known
@@ -218,10 +237,10 @@ impl Model {
 }
 
 /// Rows `index` of the leading axis of `t`, in that order.
-fn gather_rows(t: &Tensor, index: &[usize]) -> Tensor {
+fn gather_rows(t: &HostTensor, index: &[usize]) -> HostTensor {
     let row = t.data.len() / t.shape[0].max(1);
     let data = index.iter().flat_map(|&i| t.data[i * row..(i + 1) * row].iter().copied()).collect();
     let mut shape = t.shape.clone();
     shape[0] = index.len();
-    Tensor::new(shape, data)
+    HostTensor::new(shape, data)
 }

@@ -3,6 +3,8 @@
 
 pub mod commands;
 pub mod generate;
+pub mod merge;
+pub mod progress;
 pub mod report;
 pub mod train;
 pub mod weights;

@@ -47,6 +47,14 @@ struct TargetArgs {
     set: Vec<(String, String)>,
 }
 
+/// Which backend compiles and runs the programs.
+#[derive(clap::Args, Debug)]
+struct BackendArgs {
+    /// `interp` (the reference interpreter); `cpu`, `cuda` and `mlir` are not built yet.
+    #[arg(long, default_value = "interp")]
+    backend: String,
+}
+
 impl TargetArgs {
     fn target(self) -> modelc_compiler::Target {
         modelc_compiler::Target { model: self.model, recipe: self.recipe, sets: self.set }
@@ -96,6 +104,8 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         target: TargetArgs,
+        #[command(flatten)]
+        backend: BackendArgs,
         /// Seed for the parameters and the batch (default: the recipe's).
         #[arg(long)]
         seed: Option<u64>,
@@ -123,6 +133,8 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         target: TargetArgs,
+        #[command(flatten)]
+        backend: BackendArgs,
         /// Optimizer steps (default: the recipe's `steps`).
         #[arg(long)]
         steps: Option<u64>,
@@ -150,6 +162,8 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         target: TargetArgs,
+        #[command(flatten)]
+        backend: BackendArgs,
         /// The adapted checkpoint: a safetensors file, or a run directory (its latest).
         #[arg(long)]
         checkpoint: PathBuf,
@@ -162,6 +176,8 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         target: TargetArgs,
+        #[command(flatten)]
+        backend: BackendArgs,
         /// Parameters: a safetensors file or a run directory (default: the recipe's
         /// initialisation, or its `from` checkpoint).
         #[arg(long)]
@@ -238,8 +254,9 @@ fn main() {
         Command::Inspect { file, target, batch, seq, json } => {
             commands::inspect(&file, &target.target(), (batch, seq), json, &report)
         }
-        Command::Run { file, target, seed, checkpoint, weights, tokenizer, texts, json } => {
+        Command::Run { file, target, backend, seed, checkpoint, weights, tokenizer, texts, json } => {
             let args = commands::RunArgs {
+                backend: &backend.backend,
                 seed,
                 checkpoint: checkpoint.as_deref(),
                 weights: weights.as_deref(),
@@ -249,8 +266,9 @@ fn main() {
             };
             commands::run(&file, &target.target(), &args, &report)
         }
-        Command::Train { file, target, steps, data, out, seed, checkpoint_every, resume } => {
+        Command::Train { file, target, backend, steps, data, out, seed, checkpoint_every, resume } => {
             let args = commands::TrainArgs {
+                backend: &backend.backend,
                 data: data.as_deref(),
                 steps,
                 out: out.as_deref(),
@@ -260,12 +278,13 @@ fn main() {
             };
             commands::train(&file, &target.target(), &args, &report)
         }
-        Command::Merge { file, target, checkpoint, out } => {
-            commands::merge(&file, &target.target(), &checkpoint, &out, &report)
+        Command::Merge { file, target, backend, checkpoint, out } => {
+            commands::merge(&file, &target.target(), &backend.backend, &checkpoint, &out, &report)
         }
         Command::Generate {
             file,
             target,
+            backend,
             checkpoint,
             prompt,
             max_tokens,
@@ -281,6 +300,7 @@ fn main() {
             json,
         } => {
             let args = commands::GenerateArgs {
+                backend: &backend.backend,
                 checkpoint: checkpoint.as_deref(),
                 prompt: &prompt,
                 max_tokens,

@@ -29,7 +29,9 @@ fn model(example: &str, sets: &[(&str, &str)]) -> Model {
     let w = workload(&program, &target, None, None).expect("workload");
     let graph = modelc_compiler::lower(graph, &w, Lowering::Outputs).expect("lowered");
     let params = modelc::train::initial_params(&instance, &w, 7).expect("params");
-    Model::new(graph, params).unwrap_or_else(|e| panic!("{example}: {e}"))
+    let buffers = modelc::train::model_buffers(&instance);
+    Model::new(&modelc_compiler::backend::interp::Interp, graph, buffers, params)
+        .unwrap_or_else(|e| panic!("{example}: {e}"))
 }
 
 fn request(cache: bool) -> Request {

@@ -31,14 +31,17 @@ fn training(example: &str, recipe: &str, sets: &[(&str, &str)], recompute: Optio
     let graph = elaborate(&program, &instance).expect("graph");
     let mut w = workload(&program, &target, Some(4), Some(32)).expect("workload");
     if let Some(name) = recompute {
-        w.recompute = Some(name.into());
+        w.recipe.recompute = Some(name.into());
     }
     let graph = modelc_compiler::lower(graph, &w, Lowering::Training).expect("training graph");
-    let params = modelc::train::init_params(&instance, 3);
+    let params =
+        modelc::train::init_params(&instance, 3).into_iter().map(|(k, (s, d))| (k, Tensor::new(s, d))).collect();
     let corpus = modelc_runtime::data::Corpus::builtin();
-    let (tokens, targets) = modelc::train::Batches::CausalLm.batch(&corpus, 4, 32, 3, 0);
-    let mut inputs: HashMap<String, Tensor> = modelc::train::token_inputs(&graph).into_iter().zip(tokens).collect();
-    inputs.insert("targets".into(), targets);
+    let (tokens, targets) = modelc_runtime::batches::Batches::CausalLm.batch(&corpus, 4, 32, 3, 0);
+    let tensor = |t: modelc_runtime::executable::HostTensor| Tensor::new(t.shape, t.data);
+    let mut inputs: HashMap<String, Tensor> =
+        modelc::train::token_inputs(&graph).into_iter().zip(tokens.into_iter().map(tensor)).collect();
+    inputs.insert("targets".into(), tensor(targets));
     (graph, params, inputs)
 }
 

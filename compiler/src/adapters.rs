@@ -400,3 +400,47 @@ pub fn merge(
     }
     Ok(prefixes.len())
 }
+
+/// The fold of `merge` as a program: for each adapted weight `PREFIX.weight` (with
+/// `PREFIX.lora_a`, `PREFIX.lora_b` beside it in `shapes`), `weight += (lora_a @ lora_b) ·
+/// scale`, computed in f64 and stored f32. Returns the graph and the prefixes it folds.
+pub fn merge_graph(
+    shapes: &std::collections::BTreeMap<String, Vec<usize>>,
+    scale: f64,
+) -> Result<(crate::graph::Graph, Vec<String>), String> {
+    use crate::graph::dim::Dim;
+    use crate::graph::op::Binary;
+    use crate::graph::types::DType;
+    let mut graph = crate::graph::Graph::default();
+    let prefixes: Vec<String> = shapes.keys().filter_map(|k| k.strip_suffix(".lora_a").map(str::to_string)).collect();
+    let mut updates = Vec::new();
+    let mut b = crate::training::Builder::new(&mut graph, "merge");
+    for p in &prefixes {
+        let get = |suffix: &str| {
+            shapes.get(&format!("{p}.{suffix}")).ok_or_else(|| format!("`{p}.lora_a` without `{p}.{suffix}`"))
+        };
+        let (a_shape, b_shape, w_shape) = (get("lora_a")?, get("lora_b")?, get("weight")?);
+        let n = a_shape.len();
+        if n < 2 || b_shape.len() != n || w_shape.len() != n {
+            return Err(format!("`{p}`: LoRA tensors of unexpected rank"));
+        }
+        if b_shape[n - 2] != a_shape[n - 1] || w_shape[n - 2] != a_shape[n - 2] || w_shape[n - 1] != b_shape[n - 1] {
+            return Err(format!("`{p}`: shapes {a_shape:?} @ {b_shape:?} do not fit the weight {w_shape:?}"));
+        }
+        let dims = |s: &[usize]| s.iter().map(|&d| Dim::constant(d as i64)).collect::<Vec<_>>();
+        let leaf = |b: &mut crate::training::Builder, suffix: &str, s: &[usize]| {
+            let v = b.param(&format!("{p}.{suffix}"), DType::F32, &dims(s));
+            b.cast(v, DType::F64)
+        };
+        let a = leaf(&mut b, "lora_a", a_shape)?;
+        let lb = leaf(&mut b, "lora_b", b_shape)?;
+        let w = leaf(&mut b, "weight", w_shape)?;
+        let prod = b.matmul(a, lb)?;
+        let scaled = b.with(Binary::Mul, prod, scale)?;
+        let sum = b.binary(Binary::Add, w, scaled)?;
+        let stored = b.cast(sum, DType::F32)?;
+        updates.push((format!("{p}.weight"), stored));
+    }
+    graph.updates = updates;
+    Ok((graph, prefixes))
+}

@@ -9,6 +9,7 @@ use crate::graph::op::Op;
 use crate::graph::Graph;
 use crate::Workload;
 use modelc_grammar::ast::CopiesKind;
+use modelc_runtime::optim::Kind;
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize)]
@@ -110,7 +111,7 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
         }
     }
     let tokens = (batch * seq).max(1) as u64;
-    let mixed = workload.precision != "f32";
+    let mixed = workload.recipe.precision.compute().is_some();
     // f32 parameters, plus a compute copy in 2 bytes under mixed precision.
     let params_bytes = total * if mixed { 6 } else { 4 };
     // Frozen parameters have no gradient and no optimizer state.
@@ -119,25 +120,28 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
     // Liveness over the training graph (objective, precision, backward) at this workload.
     // Only for a recipe's objective: without one there is no training step to measure.
     let peak = |w: &Workload| {
-        w.objective.as_ref()?;
+        (!w.recipe.name.is_empty()).then_some(())?;
         let g = crate::lower(graph.clone(), w, crate::Lowering::Training).ok()?;
         let sizes: Vec<u64> =
             g.nodes.iter().map(|n| g.eval_dim(&n.ty.bytes(), &bind).unwrap_or(0).max(0) as u64).collect();
         Some(crate::memory::peak_bytes(&g, &sizes, &crate::memory::kept(&g)))
     };
     let activations_peak_bytes = peak(&workload);
-    let activations_peak_bytes_without_recompute =
-        workload.recompute.as_ref().and_then(|_| peak(&Workload { recompute: None, ..workload.clone() }));
+    let activations_peak_bytes_without_recompute = workload.recipe.recompute.as_ref().and_then(|_| {
+        let mut without = workload.clone();
+        without.recipe.recompute = None;
+        peak(&without)
+    });
     Report {
         model: instance.block_name.clone(),
         args,
         params: Params { total, trainable, frozen: total - trainable, tree: children(instance, 1, &[]) },
         flops: {
-            let per_param = match workload.optimizer.as_str() {
-                "sgd" if workload.momentum => 3,
-                "sgd" => 2,
-                "adafactor" => 10,
-                _ => 12,
+            let per_param = match workload.recipe.optimizer.kind {
+                Kind::Sgd { momentum, .. } if momentum > 0.0 => 3,
+                Kind::Sgd { .. } => 2,
+                Kind::Adafactor { .. } => 10,
+                Kind::Adam { .. } | Kind::AdamW { .. } => 12,
             };
             let optimizer = trainable * per_param;
             let train = forward + backward + optimizer;
@@ -173,15 +177,15 @@ fn optimizer_bytes(instance: &Instance, w: &Workload) -> u64 {
             return;
         }
         let numel: u64 = shape.iter().map(|&d| d as u64).product();
-        bytes += 4 * match w.optimizer.as_str() {
-            "sgd" if w.momentum => numel,
-            "sgd" => 0,
-            "adafactor" if shape.len() >= 2 => {
+        bytes += 4 * match w.recipe.optimizer.kind {
+            Kind::Sgd { momentum, .. } if momentum > 0.0 => numel,
+            Kind::Sgd { .. } => 0,
+            Kind::Adafactor { .. } if shape.len() >= 2 => {
                 let (r, c) = (shape[shape.len() - 2] as u64, shape[shape.len() - 1] as u64);
                 numel / (r * c).max(1) * (r + c)
             }
-            "adafactor" => numel,
-            _ => 2 * numel,
+            Kind::Adafactor { .. } => numel,
+            Kind::Adam { .. } | Kind::AdamW { .. } => 2 * numel,
         };
     });
     bytes
@@ -314,7 +318,7 @@ pub fn render(report: &Report) -> String {
     out.push_str(&format!("  optimizer per step     {:>24}\n", thousands(f.optimizer_per_step)));
     out.push_str(&format!("  training step          {:>24}\n", thousands(f.train_step)));
     out.push_str(&format!("  training per token     {:>24}\n", thousands(f.train_step_per_token)));
-    out.push_str(&format!("Memory ({}, {})\n", w.precision, w.optimizer));
+    out.push_str(&format!("Memory ({}, {})\n", w.recipe.precision.name(), w.recipe.optimizer.name()));
     out.push_str(&format!("  parameters             {:>24}\n", bytes(m.params_bytes)));
     out.push_str(&format!("  gradients              {:>24}\n", bytes(m.grads_bytes)));
     out.push_str(&format!("  optimizer state        {:>24}\n", bytes(m.optimizer_bytes)));
@@ -328,7 +332,7 @@ pub fn render(report: &Report) -> String {
             bytes(peak)
         ));
     }
-    if let (Some(without), Some(name)) = (m.activations_peak_bytes_without_recompute, &w.recompute) {
+    if let (Some(without), Some(name)) = (m.activations_peak_bytes_without_recompute, &w.recipe.recompute) {
         out.push_str(&format!(
             "    without recompute    {:>24}  (`recompute = {name}` saves the rest)\n",
             bytes(without)

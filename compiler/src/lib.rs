@@ -8,6 +8,7 @@
 
 pub mod adapters;
 pub mod autodiff;
+pub mod backend;
 pub mod elab;
 pub mod error;
 pub mod glob;
@@ -18,7 +19,9 @@ pub mod memory;
 pub mod modules;
 pub mod objective;
 pub mod passes;
+pub mod recipe;
 pub mod stdlib;
+pub mod training;
 pub mod upcycle;
 
 pub use error::{Error, FileId};
@@ -290,172 +293,52 @@ fn parse_sets(program: &mut Program, block: ItemRef, sets: &[(String, String)]) 
 }
 
 /// What a step processes, for FLOPs and memory: from `--batch`/`--seq`, else the
-/// recipe's `data = text(..., seq:, batch:)`, else one sequence of 1024 tokens.
-#[derive(Clone, Debug, serde::Serialize)]
+/// recipe's `data = text(..., seq:, batch:)`, else one sequence of 1024 tokens; and the
+/// typed recipe (defaults without one).
+#[derive(Clone, Debug)]
 pub struct Workload {
     pub batch: i64,
     pub seq: i64,
     /// Where the numbers came from.
     pub from: String,
-    /// The recipe's optimizer (`adamw`, `sgd`, ...), `adamw` by default.
-    pub optimizer: String,
-    /// `sgd` keeps a momentum buffer only with `momentum:` above 0.
-    pub momentum: bool,
-    /// `f32`, or the compute dtype of `mixed(compute: ..)`.
-    pub precision: String,
-    /// The recipe's `seed` (0 without one).
-    pub seed: u64,
-    /// The recipe's `objective` word (`causal_lm`, `mlm`, ...), if it has one.
-    pub objective: Option<String>,
-    /// `Model(...) from "PATH"`: the checkpoint the recipe starts from (relative to the
-    /// working directory, like `runs/`).
-    pub base: Option<String>,
-    /// `init = upcycle(PATH, noise:)`: an MoE model's parameters from a dense checkpoint.
-    pub upcycle: Option<upcycle::Upcycle>,
-    /// `recompute = NAME`: the sub-block whose activations the backward recomputes.
-    pub recompute: Option<String>,
-    /// The recipe's LoRA adapter, if any.
-    #[serde(skip)]
-    pub lora: Option<adapters::Lora>,
-    /// Globs of the parameters that train (`trainable = [...]`, and a LoRA's `lora_a`,
-    /// `lora_b`); `None` trains every parameter.
-    pub trainable: Option<Vec<String>>,
-    /// Every entry of the recipe, evaluated, for the runtime to read (`optimizer`,
-    /// `schedule`, `clip`, `accumulate`, `steps`, ...).
-    #[serde(skip)]
-    pub entries: Vec<(String, Value)>,
+    pub recipe: recipe::Recipe,
 }
 
-/// The keys a recipe may set (docs/language.md §9).
-pub const RECIPE_KEYS: &[&str] = &[
-    "model",
-    "init",
-    "adapter",
-    "trainable",
-    "merge",
-    "objective",
-    "data",
-    "optimizer",
-    "schedule",
-    "precision",
-    "recompute",
-    "accumulate",
-    "clip",
-    "steps",
-    "eval",
-    "checkpoint",
-    "seed",
-];
+pub use recipe::RECIPE_KEYS;
 
+/// `inspect --json`'s `workload`: the numbers and the recipe's headline choices.
+impl serde::Serialize for Workload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let r = &self.recipe;
+        let mut out = s.serialize_struct("Workload", 12)?;
+        out.serialize_field("batch", &self.batch)?;
+        out.serialize_field("seq", &self.seq)?;
+        out.serialize_field("from", &self.from)?;
+        out.serialize_field("optimizer", r.optimizer.name())?;
+        let momentum = matches!(r.optimizer.kind, modelc_runtime::optim::Kind::Sgd { momentum, .. } if momentum > 0.0);
+        out.serialize_field("momentum", &momentum)?;
+        out.serialize_field("precision", r.precision.name())?;
+        out.serialize_field("seed", &r.seed)?;
+        out.serialize_field("objective", &(!r.name.is_empty()).then(|| r.objective.name()))?;
+        out.serialize_field("base", &r.base)?;
+        out.serialize_field("upcycle", &r.upcycle)?;
+        out.serialize_field("recompute", &r.recompute)?;
+        out.serialize_field("trainable", &r.trainable)?;
+        out.end()
+    }
+}
+
+/// The workload of `target`: its recipe typed and validated (every entry), with
+/// `--batch`/`--seq` applied.
 pub fn workload(program: &Program, target: &Target, batch: Option<i64>, seq: Option<i64>) -> Result<Workload, Error> {
-    let mut w = Workload {
-        batch: 1,
-        seq: 1024,
-        from: "default (batch 1, seq 1024)".into(),
-        optimizer: "adamw".into(),
-        momentum: false,
-        precision: "f32".into(),
-        seed: 0,
-        objective: None,
-        base: None,
-        recompute: None,
-        upcycle: None,
-        lora: None,
-        trainable: None,
-        entries: Vec::new(),
+    let recipe = match &target.recipe {
+        Some(name) => recipe::parse(program, name)?,
+        None => recipe::Recipe::default_named(""),
     };
-    if let Some(name) = &target.recipe {
-        let recipe = program.modules[0].ast.items.iter().find_map(|it| match &it.kind {
-            ItemKind::Recipe(r) if &r.name.name == name => Some(r),
-            _ => None,
-        });
-        let consts = Consts::default();
-        let mut scope = Scope::new(program, &consts, 0);
-        scope.recipe = true;
-        let arg = |args: &[(Option<String>, Value)], key: &str| {
-            args.iter().find(|(k, _)| k.as_deref() == Some(key)).map(|(_, v)| v.clone())
-        };
-        for entry in recipe.map(|r| r.entries.as_slice()).unwrap_or_default() {
-            if !RECIPE_KEYS.contains(&entry.key.name.as_str()) {
-                let mut d = Diagnostic::error(format!("unknown recipe entry `{}`", entry.key.name), entry.key.span)
-                    .with_label("not a recipe key");
-                d = match suggest(&entry.key.name, RECIPE_KEYS.iter().copied()) {
-                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                    None => d.with_help(format!("the keys are {}", RECIPE_KEYS.join(", "))),
-                };
-                return Err(Error::new(FileId(0), d));
-            }
-            let value = scope.eval(&entry.value)?;
-            w.entries.push((entry.key.name.clone(), value.clone()));
-            match (entry.key.name.as_str(), value) {
-                ("data", Value::Call { args, .. }) => {
-                    if let (Some(Value::Int(b)), Some(Value::Int(s))) = (arg(&args, "batch"), arg(&args, "seq")) {
-                        (w.batch, w.seq, w.from) = (b, s, format!("recipe `{name}`"));
-                    }
-                }
-                ("optimizer", Value::Call { name, args }) => {
-                    w.momentum = matches!(arg(&args, "momentum"), Some(Value::Float(m)) if m > 0.0)
-                        || matches!(arg(&args, "momentum"), Some(Value::Int(m)) if m > 0);
-                    w.optimizer = name;
-                }
-                ("optimizer", Value::Symbol(name)) => w.optimizer = name,
-                ("precision", Value::Call { name, args }) if name == "mixed" => {
-                    w.precision = arg(&args, "compute").map_or("bf16".into(), |v| v.to_string());
-                }
-                ("precision", Value::Symbol(p)) => w.precision = p,
-                ("seed", Value::Int(s)) => w.seed = s as u64,
-                ("objective", Value::Symbol(o) | Value::Call { name: o, .. }) => w.objective = Some(o),
-                ("model", Value::Call { name, args }) if name == "from" => {
-                    if let Some((_, Value::Str(path))) = args.get(1) {
-                        w.base = Some(path.clone());
-                    }
-                }
-                ("recompute", Value::Symbol(name)) => w.recompute = Some(name),
-                ("init", value) => w.upcycle = Some(upcycle::parse(&value, FileId(0), entry.value.span)?),
-                ("adapter", value) => {
-                    let adapter = adapters::parse(&value, FileId(0), entry.value.span)?;
-                    let globs = w.trainable.get_or_insert_with(Vec::new);
-                    globs.extend(adapter.trainable().iter().map(|g| g.to_string()));
-                    if let adapters::Adapter::Lora(lora) = adapter {
-                        w.lora = Some(lora);
-                    }
-                }
-                ("trainable", Value::List(items)) => {
-                    let globs = w.trainable.get_or_insert_with(Vec::new);
-                    for item in items {
-                        match item {
-                            Value::Str(g) => globs.push(g),
-                            other => {
-                                return Err(Error::new(
-                                    FileId(0),
-                                    Diagnostic::error(
-                                        format!("`trainable` lists parameter globs, found {}", other.kind()),
-                                        entry.value.span,
-                                    )
-                                    .with_label("here")
-                                    .with_help("write `trainable = [\"prompt.*\"]`"),
-                                ))
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        if let (Some(base), Some(_), Some(r)) = (&w.base, &w.upcycle, recipe) {
-            let span = r.entries.iter().find(|e| e.key.name == "init").map_or(r.name.span, |e| e.value.span);
-            return Err(Error::new(
-                FileId(0),
-                Diagnostic::error(
-                    format!("the recipe starts both `from \"{base}\"` and from `init = upcycle(...)`"),
-                    span,
-                )
-                .with_label("second starting point")
-                .with_help(
-                    "`from` loads a checkpoint of the same model; `upcycle` builds an MoE from a dense one: keep one",
-                ),
-            ));
-        }
+    let mut w = Workload { batch: 1, seq: 1024, from: "default (batch 1, seq 1024)".into(), recipe };
+    if let Some(data) = &w.recipe.data {
+        (w.batch, w.seq, w.from) = (data.batch, data.seq, format!("recipe `{}`", w.recipe.name));
     }
     if let Some(b) = batch {
         w.batch = b;
@@ -482,14 +365,18 @@ pub enum Lowering {
 impl Workload {
     /// Whether the recipe trains parameter `name` (every one, unless it says otherwise).
     pub fn is_trainable(&self, name: &str) -> bool {
-        self.trainable.as_ref().is_none_or(|globs| globs.iter().any(|g| glob::matches(g, name)))
+        self.recipe.trainable.as_ref().is_none_or(|globs| globs.iter().any(|g| glob::matches(g, name)))
     }
 
     /// The compute dtype of `precision = mixed(compute: ..)`; `None` for plain f32.
     pub fn mixed_compute(&self) -> Option<graph::types::DType> {
-        match self.precision.as_str() {
-            "bf16" => Some(graph::types::DType::BF16),
-            "f16" => Some(graph::types::DType::F16),
+        self.recipe.precision.compute()
+    }
+
+    /// The recipe's LoRA adapter, if any.
+    pub fn lora(&self) -> Option<&adapters::Lora> {
+        match &self.recipe.adapter {
+            Some(adapters::Adapter::Lora(l)) => Some(l),
             _ => None,
         }
     }
@@ -498,12 +385,7 @@ impl Workload {
 /// The stages after elaboration, in order: the objective's loss, the precision pass, the
 /// backward pass (seeded by the `loss_scale` input under mixed precision).
 pub fn lower(graph: graph::Graph, w: &Workload, to: Lowering) -> Result<graph::Graph, String> {
-    let graph = if to == Lowering::Outputs {
-        graph
-    } else {
-        let objective = w.objective.as_deref().unwrap_or("causal_lm");
-        objective::apply(graph, objective::Objective::parse(objective)?)?
-    };
+    let graph = if to == Lowering::Outputs { graph } else { objective::apply(graph, w.recipe.objective.loss())? };
     let mixed = w.mixed_compute();
     let graph = match mixed {
         Some(dtype) => passes::precision::mixed(&graph, dtype)?,
@@ -512,7 +394,7 @@ pub fn lower(graph: graph::Graph, w: &Workload, to: Lowering) -> Result<graph::G
     match (to, mixed) {
         (Lowering::Training, mixed) => {
             let seed = mixed.map(|_| autodiff::LOSS_SCALE);
-            autodiff::differentiate_params(graph, seed, &|name| w.is_trainable(name), w.recompute.as_deref())
+            autodiff::differentiate_params(graph, seed, &|name| w.is_trainable(name), w.recipe.recompute.as_deref())
         }
         _ => Ok(graph),
     }

@@ -29,9 +29,14 @@ pub fn parse(value: &Value, file: FileId, span: Span) -> Result<Upcycle, Error> 
         return Err(bad(format!("`init` must be `upcycle(...)`, found {}", value.kind()), FORM));
     };
     if name != "upcycle" {
+        let close = crate::error::suggest(name, ["upcycle"].into_iter()).is_some();
         return Err(bad(
             format!("unknown `init` `{name}`"),
-            "`init = upcycle(PATH, noise:)` starts an MoE model from a dense checkpoint; a model of the same shape starts `from` one: `model = Llama(...) from \"PATH\"`",
+            if close {
+                "did you mean `upcycle`? `init = upcycle(PATH, noise:)` starts an MoE model from a dense checkpoint"
+            } else {
+                "`init = upcycle(PATH, noise:)` starts an MoE model from a dense checkpoint; a model of the same shape starts `from` one: `model = Llama(...) from \"PATH\"`"
+            },
         ));
     }
     let mut up = Upcycle { path: String::new(), noise: 0.0 };

@@ -4,14 +4,10 @@
 
 use crate::rng::Rng;
 
-/// The project's own documentation: English prose and code, licensed with the project.
-pub const BUILTIN: &str = concat!(
-    include_str!("../../README.md"),
-    "\n",
-    include_str!("../../docs/language.md"),
-    "\n",
-    include_str!("../../ARCHITECTURE.md"),
-);
+/// The project's own documentation (README, language reference, architecture) as of
+/// 2026-11-29: English prose and code, licensed with the project. A frozen copy, so that
+/// editing the docs never changes a training run's numbers.
+pub const BUILTIN: &str = include_str!("../data/builtin.txt");
 
 /// Token ids of the byte tokenizer: one per byte, vocabulary 256.
 pub fn bytes(text: &str) -> Vec<u32> {

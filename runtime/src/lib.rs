@@ -5,8 +5,10 @@
 //! buffers and (later) compiled kernels, never the AST or the Graph IR, so it depends on
 //! no other modelc crate.
 
+pub mod batches;
 pub mod checkpoint;
 pub mod data;
+pub mod executable;
 pub mod init;
 pub mod loss_scale;
 pub mod optim;
@@ -15,3 +17,4 @@ pub mod sampling;
 pub mod schedule;
 pub mod tokenizer;
 pub mod tokens;
+pub mod train;

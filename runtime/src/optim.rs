@@ -28,6 +28,48 @@ pub enum Kind {
     },
 }
 
+/// The names of the bias-correction inputs of a compiled optimizer update
+/// (`1 - beta^t`, computed on the host from the step count).
+pub const BIAS1: &str = "bias1";
+pub const BIAS2: &str = "bias2";
+
+impl Kind {
+    /// The per-step scalar inputs of the update at optimizer step `t` (1-based), as the
+    /// host computes them: Adam's and Adafactor's bias corrections.
+    pub fn step_inputs(&self, t: u64) -> impl Iterator<Item = (&'static str, f64)> {
+        let t = t as f64;
+        let (b1, b2) = match *self {
+            Kind::Sgd { .. } => (None, None),
+            Kind::Adam { beta1, beta2, .. } | Kind::AdamW { beta1, beta2, .. } => (Some(beta1), Some(beta2)),
+            Kind::Adafactor { beta2, .. } => (None, Some(beta2)),
+        };
+        let one = |name, beta: Option<f64>| beta.map(|b: f64| (name, 1.0 - b.powf(t)));
+        one(BIAS1, b1).into_iter().chain(one(BIAS2, b2))
+    }
+
+    /// The state the optimizer keeps for a parameter of `shape`: each buffer's prefix
+    /// (`m`, `v`, `rows`, `cols`) and shape. Adafactor factors matrices (and stacks of
+    /// them) into row and column statistics, flattened over the leading axes.
+    pub fn state_of(&self, shape: &[usize]) -> Vec<(&'static str, Vec<usize>)> {
+        match self {
+            Kind::Sgd { .. } => vec![("m", shape.to_vec())],
+            Kind::Adam { .. } | Kind::AdamW { .. } => vec![("m", shape.to_vec()), ("v", shape.to_vec())],
+            Kind::Adafactor { .. } if shape.len() >= 2 => {
+                let (r, c) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+                let mats: usize = shape[..shape.len() - 2].iter().product();
+                vec![("rows", vec![mats * r]), ("cols", vec![mats * c])]
+            }
+            Kind::Adafactor { .. } => vec![("v", shape.to_vec())],
+        }
+    }
+}
+
+/// Whether parameter `name` is outside every `no_decay` group: no dot-separated part of
+/// its name is one of the words.
+pub fn decays(no_decay: &[String], name: &str) -> bool {
+    !no_decay.iter().any(|w| name.split('.').any(|part| part == w))
+}
+
 #[derive(Clone, Debug)]
 pub struct Optimizer {
     pub kind: Kind,
@@ -58,7 +100,7 @@ impl Optimizer {
     }
 
     fn decays(&self, name: &str) -> bool {
-        self.weight_decay > 0.0 && !self.no_decay.iter().any(|w| name.split('.').any(|part| part == w))
+        self.weight_decay > 0.0 && decays(&self.no_decay, name)
     }
 
     /// The state to checkpoint: the step and every buffer, named `m.NAME`, `v.NAME`,

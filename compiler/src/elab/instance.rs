@@ -67,7 +67,7 @@ pub struct Weight {
     pub name: String,
     pub dtype: Option<String>,
     pub shape: Vec<i64>,
-    pub init: Value,
+    pub init: modelc_runtime::init::Init,
     /// The layout PyTorch-style checkpoints use: `stored[i]` is the declared axis that
     /// their axis `i` holds (`[1, 0]` for a `Linear` weight).
     pub stored: Option<Vec<usize>>,
@@ -437,7 +437,7 @@ impl<'a> Instantiator<'a> {
                         stored.as_ref().map(|st| stored_layout(ty, st)).transpose().map_err(|d| scope.error(d))?;
                     let init = match init {
                         Some(e) => self.initialiser(e, scope)?,
-                        None => Value::Call { name: "normal".into(), args: vec![(None, Value::Float(0.02))] },
+                        None => modelc_runtime::init::Init::Normal { std: 0.02 },
                     };
                     out.push(Member::Weight(Weight {
                         name: name.name.clone(),
@@ -554,7 +554,7 @@ impl<'a> Instantiator<'a> {
     }
 
     /// `zeros`, `normal(0.02)`, or a compile-time `if` choosing one.
-    fn initialiser(&self, e: &Expr, scope: &Scope) -> Result<Value, Error> {
+    fn initialiser(&self, e: &Expr, scope: &Scope) -> Result<modelc_runtime::init::Init, Error> {
         let (name, args, span) = match &e.kind {
             ExprKind::If { cond, then, otherwise } => {
                 return self.initialiser(if scope.condition(cond)? { then } else { otherwise }, scope)
@@ -585,14 +585,34 @@ impl<'a> Instantiator<'a> {
                 .with_label("wrong number of arguments"),
             ));
         }
-        let mut values = Vec::with_capacity(args.len());
+        // Every argument is a number, by position (`normal(0.02)`, `uniform(-0.1, 0.1)`).
+        let mut x = Vec::with_capacity(args.len());
         for a in args {
-            values.push((a.name.as_ref().map(|n| n.name.clone()), scope.eval(&a.value)?));
+            match scope.eval(&a.value)? {
+                Value::Int(i) => x.push(i as f64),
+                Value::Float(f) if f.is_finite() => x.push(f),
+                other => {
+                    return Err(scope.error(
+                        Diagnostic::error(
+                            format!("`{}` takes numbers, found {}", name.name, other.kind()),
+                            a.value.span,
+                        )
+                        .with_label("not a finite number"),
+                    ))
+                }
+            }
         }
-        Ok(if values.is_empty() {
-            Value::Symbol(name.name.clone())
-        } else {
-            Value::Call { name: name.name.clone(), args: values }
+        use modelc_runtime::init::Init;
+        Ok(match (name.name.as_str(), x.as_slice()) {
+            ("zeros", []) => Init::Zeros,
+            ("ones", []) => Init::Ones,
+            ("constant", [c]) => Init::Constant(*c),
+            ("normal", [std]) => Init::Normal { std: *std },
+            ("uniform", [low, high]) => Init::Uniform { low: *low, high: *high },
+            ("xavier", []) => Init::Xavier,
+            ("kaiming", []) => Init::Kaiming,
+            ("scaled_normal", [std, layers]) => Init::ScaledNormal { std: *std, layers: *layers },
+            (other, _) => unreachable!("INITIALISERS checked `{other}` and its arity"),
         })
     }
 

@@ -5,6 +5,9 @@ use std::fmt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// The optimizer's arithmetic and gradient accumulators (the reference interpreter's
+    /// native precision); models compute in f32 and below.
+    F64,
     F32,
     F16,
     BF16,
@@ -16,6 +19,7 @@ pub enum DType {
 impl DType {
     pub fn parse(name: &str) -> Option<DType> {
         Some(match name {
+            "f64" => DType::F64,
             "f32" => DType::F32,
             "f16" => DType::F16,
             "bf16" => DType::BF16,
@@ -28,6 +32,7 @@ impl DType {
 
     pub fn name(self) -> &'static str {
         match self {
+            DType::F64 => "f64",
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
@@ -41,13 +46,13 @@ impl DType {
         match self {
             DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
-            DType::I64 => 8,
+            DType::F64 | DType::I64 => 8,
             DType::Bool => 1,
         }
     }
 
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F16 | DType::BF16)
+        matches!(self, DType::F64 | DType::F32 | DType::F16 | DType::BF16)
     }
 }
 

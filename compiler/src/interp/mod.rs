@@ -52,7 +52,7 @@ pub fn run(
     params: &HashMap<String, Tensor>,
     options: &Options,
 ) -> Result<Vec<Tensor>, RunError> {
-    execute(graph, inputs, params, options, None).map(|(values, _)| values)
+    execute(graph, &leaves_by_name(graph, inputs, params), options, None).map(|(values, _)| values)
 }
 
 /// Runs `graph` freeing each value after its last use, as a runtime would: only the
@@ -65,13 +65,41 @@ pub fn run_freeing(
     options: &Options,
     keep: &[ValueId],
 ) -> Result<(Vec<Tensor>, u64), RunError> {
-    execute(graph, inputs, params, options, Some(keep))
+    execute(graph, &leaves_by_name(graph, inputs, params), options, Some(keep))
+}
+
+/// Like `run_freeing`, with each leaf (`input` and `param` node) already bound to its
+/// tensor by node index: a backend that keeps its buffers in slots resolves names once,
+/// when it compiles, not at every call. `None` for a leaf is a missing input or parameter.
+pub fn run_bound(
+    graph: &Graph,
+    leaves: &[Option<&Tensor>],
+    options: &Options,
+    keep: &[ValueId],
+) -> Result<(Vec<Tensor>, u64), RunError> {
+    execute(graph, leaves, options, Some(keep))
+}
+
+/// The tensor of every leaf, looked up by name.
+fn leaves_by_name<'a>(
+    graph: &Graph,
+    inputs: &'a HashMap<String, Tensor>,
+    params: &'a HashMap<String, Tensor>,
+) -> Vec<Option<&'a Tensor>> {
+    graph
+        .nodes
+        .iter()
+        .map(|n| match &n.op {
+            Op::Input { name } => inputs.get(name),
+            Op::Param { name } => params.get(name),
+            _ => None,
+        })
+        .collect()
 }
 
 fn execute(
     graph: &Graph,
-    inputs: &HashMap<String, Tensor>,
-    params: &HashMap<String, Tensor>,
+    leaves: &[Option<&Tensor>],
     options: &Options,
     keep: Option<&[ValueId]>,
 ) -> Result<(Vec<Tensor>, u64), RunError> {
@@ -87,7 +115,10 @@ fn execute(
             0
         }
     };
-    let symbols = bind_symbols(graph, inputs)?;
+    if leaves.len() != graph.nodes.len() {
+        return Err(RunError(format!("{} leaves bound for {} nodes", leaves.len(), graph.nodes.len())));
+    }
+    let symbols = bind_symbols(graph, leaves)?;
     let dim = |d: &Dim| -> Result<usize, RunError> {
         let v = graph
             .eval_dim(d, &|s: &str| symbols.get(s).copied())
@@ -95,9 +126,9 @@ fn execute(
         usize::try_from(v).map_err(|_| RunError(format!("dim {d} is negative ({v})")))
     };
     let mut values: Vec<Tensor> = Vec::with_capacity(graph.nodes.len());
-    for node in &graph.nodes {
+    for (node, leaf) in graph.nodes.iter().zip(leaves) {
         let args: Vec<&Tensor> = node.args.iter().map(|a| &values[a.0 as usize]).collect();
-        let mut v = eval(&node.op, &args, node.ty.dtype, inputs, params, &dim, options)?;
+        let mut v = eval(&node.op, &args, node.ty.dtype, *leaf, &dim, options)?;
         let want: Vec<usize> = node.ty.shape.iter().map(&dim).collect::<Result<_, _>>()?;
         if v.shape != want {
             return Err(RunError(format!(
@@ -129,11 +160,11 @@ fn execute(
 }
 
 /// Binds the symbols of the inputs' declared types (`B`, `T`) from the actual shapes.
-fn bind_symbols(graph: &Graph, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, i64>, RunError> {
+fn bind_symbols(graph: &Graph, leaves: &[Option<&Tensor>]) -> Result<HashMap<String, i64>, RunError> {
     let mut symbols: HashMap<String, i64> = HashMap::new();
-    for node in &graph.nodes {
+    for (node, leaf) in graph.nodes.iter().zip(leaves) {
         let Op::Input { name } = &node.op else { continue };
-        let t = inputs.get(name).ok_or_else(|| RunError(format!("missing input `{name}`")))?;
+        let t = leaf.ok_or_else(|| RunError(format!("missing input `{name}`")))?;
         if t.rank() != node.ty.rank() {
             return Err(RunError(format!("input `{name}` has shape {:?}, expected {}", t.shape, node.ty.shape_text())));
         }
@@ -159,12 +190,12 @@ fn bind_symbols(graph: &Graph, inputs: &HashMap<String, Tensor>) -> Result<HashM
 }
 
 /// Rounds a result to what its dtype can hold.
-fn round_to(t: &mut Tensor, dtype: DType) {
+pub fn round_to(t: &mut Tensor, dtype: DType) {
     let f: fn(f64) -> f64 = match dtype {
         DType::F32 => |x| x as f32 as f64,
         DType::BF16 => |x| half::bf16::from_f64(x).to_f64(),
         DType::F16 => |x| half::f16::from_f64(x).to_f64(),
-        DType::I32 | DType::I64 | DType::Bool => return,
+        DType::F64 | DType::I32 | DType::I64 | DType::Bool => return,
     };
     t.data.iter_mut().for_each(|x| *x = f(*x));
 }
@@ -330,16 +361,13 @@ fn eval(
     op: &Op,
     args: &[&Tensor],
     dtype: DType,
-    inputs: &HashMap<String, Tensor>,
-    params: &HashMap<String, Tensor>,
+    leaf: Option<&Tensor>,
     dim: &dyn Fn(&Dim) -> Result<usize, RunError>,
     options: &Options,
 ) -> Result<Tensor, RunError> {
     Ok(match op {
-        Op::Input { name } => inputs.get(name).cloned().ok_or_else(|| RunError(format!("missing input `{name}`")))?,
-        Op::Param { name } => {
-            params.get(name).cloned().ok_or_else(|| RunError(format!("missing parameter `{name}`")))?
-        }
+        Op::Input { name } => leaf.cloned().ok_or_else(|| RunError(format!("missing input `{name}`")))?,
+        Op::Param { name } => leaf.cloned().ok_or_else(|| RunError(format!("missing parameter `{name}`")))?,
         Op::Buffer { name } => return Err(RunError(format!("buffer `{name}` is elaborated into its expression"))),
         Op::Scalar { value } => Tensor::scalar(*value),
         Op::Arange { n } => {
@@ -401,7 +429,7 @@ fn eval(
         Op::Cast { to } => match to {
             DType::I32 | DType::I64 => map(args[0], f64::trunc),
             DType::Bool => map(args[0], |x| if x != 0.0 { 1.0 } else { 0.0 }),
-            DType::F32 | DType::F16 | DType::BF16 => {
+            DType::F64 | DType::F32 | DType::F16 | DType::BF16 => {
                 let mut t = args[0].clone();
                 round_to(&mut t, *to);
                 t

@@ -74,6 +74,7 @@ fn class(op: &Op) -> Class {
 
 fn width(d: DType) -> u8 {
     match d {
+        DType::F64 => 3,
         DType::F32 => 2,
         DType::F16 | DType::BF16 => 1,
         DType::I32 | DType::I64 | DType::Bool => 0,

@@ -1,0 +1,217 @@
+//! Programs → an executable over the reference interpreter: buffers live in slots (names
+//! resolved once, at compile time), each call runs a program with every result rounded to
+//! its node's dtype (f64 nodes stay f64), frees values after their last use, measures the
+//! activation peak, moves declared updates into their buffers, and counts the bytes a
+//! device backend would have copied between host and device.
+
+use super::{Backend, Program};
+use crate::graph::op::Op;
+use crate::graph::types::TensorType;
+use crate::graph::ValueId;
+use crate::interp::{self, tensor::Tensor, Options, Precision};
+use modelc_runtime::executable::{BufferInfo, CallOptions, Executable, HostTensor, Traffic};
+use std::collections::HashMap;
+
+pub struct Interp;
+
+impl Backend for Interp {
+    fn name(&self) -> &'static str {
+        "interp"
+    }
+
+    fn compile(
+        &self,
+        buffers: Vec<(String, TensorType)>,
+        programs: Vec<Program>,
+    ) -> Result<Box<dyn Executable>, String> {
+        let mut exe = InterpExecutable {
+            programs: Vec::new(),
+            buffers: Vec::new(),
+            names: Vec::new(),
+            types: Vec::new(),
+            index: HashMap::new(),
+            traffic: Traffic::default(),
+            peak: None,
+        };
+        for (name, ty) in buffers {
+            exe.buffer(&name, &ty)?;
+        }
+        for p in programs {
+            exe.add(p)?;
+        }
+        Ok(Box::new(exe))
+    }
+}
+
+/// A program bound to the executable's buffer slots.
+struct Compiled {
+    program: Program,
+    /// Per node: the buffer slot of a `param` leaf.
+    slots: Vec<Option<usize>>,
+    /// The slot each declared update writes.
+    updates: Vec<(usize, ValueId)>,
+    /// Values read after the run (returns, updates, gradients).
+    keep: Vec<ValueId>,
+}
+
+pub struct InterpExecutable {
+    programs: Vec<Compiled>,
+    buffers: Vec<Tensor>,
+    names: Vec<String>,
+    types: Vec<TensorType>,
+    index: HashMap<String, usize>,
+    traffic: Traffic,
+    peak: Option<u64>,
+}
+
+fn concrete(ty: &TensorType, what: &str) -> Result<Vec<usize>, String> {
+    ty.shape
+        .iter()
+        .map(|d| d.as_constant().and_then(|c| usize::try_from(c).ok()))
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(|| format!("buffer `{what}` has a symbolic shape {}", ty.shape_text()))
+}
+
+impl InterpExecutable {
+    /// The slot of buffer `name` of type `ty`, allocated zeroed on first sight.
+    fn buffer(&mut self, name: &str, ty: &TensorType) -> Result<usize, String> {
+        match self.index.get(name) {
+            Some(&s) if self.types[s] == *ty => Ok(s),
+            Some(&s) => Err(format!("buffer `{name}` is declared both {} and {}", self.types[s], ty)),
+            None => {
+                let shape = concrete(ty, name)?;
+                let n = shape.iter().product();
+                self.buffers.push(Tensor::new(shape, vec![0.0; n]));
+                self.names.push(name.to_string());
+                self.types.push(ty.clone());
+                self.index.insert(name.to_string(), self.buffers.len() - 1);
+                Ok(self.buffers.len() - 1)
+            }
+        }
+    }
+
+    fn add(&mut self, program: Program) -> Result<(), String> {
+        if self.programs.iter().any(|c| c.program.name == program.name) {
+            return Err(format!("two programs named `{}`", program.name));
+        }
+        let mut slots = Vec::with_capacity(program.graph.nodes.len());
+        for node in &program.graph.nodes {
+            let Op::Param { name } = &node.op else {
+                slots.push(None);
+                continue;
+            };
+            let slot = self.buffer(name, &node.ty).map_err(|e| format!("{e} (in program `{}`)", program.name))?;
+            slots.push(Some(slot));
+        }
+        let mut updates = Vec::new();
+        for (name, v) in &program.graph.updates {
+            let slot = self.index.get(name).copied().ok_or_else(|| {
+                format!("program `{}` updates `{name}`, which none of its `param` leaves reads", program.name)
+            })?;
+            updates.push((slot, *v));
+        }
+        let mut keep = crate::memory::kept(&program.graph);
+        keep.extend(program.returns.iter().map(|(_, v)| *v));
+        self.programs.push(Compiled { program, slots, updates, keep });
+        Ok(())
+    }
+
+    fn slot(&self, name: &str) -> Result<usize, String> {
+        self.index.get(name).copied().ok_or_else(|| format!("no buffer `{name}` in this executable"))
+    }
+}
+
+impl Executable for InterpExecutable {
+    fn backend(&self) -> &str {
+        "interp"
+    }
+
+    fn has_program(&self, program: &str) -> bool {
+        self.programs.iter().any(|c| c.program.name == program)
+    }
+
+    fn call(
+        &mut self,
+        program: &str,
+        inputs: Vec<(&str, HostTensor)>,
+        options: CallOptions,
+    ) -> Result<Vec<(String, HostTensor)>, String> {
+        let c = self
+            .programs
+            .iter()
+            .find(|c| c.program.name == program)
+            .ok_or_else(|| format!("no program `{program}` was compiled"))?;
+        let graph = &c.program.graph;
+        let mut given: Vec<(&str, Tensor)> = Vec::with_capacity(inputs.len());
+        for (name, t) in inputs {
+            let node = graph.nodes.iter().find(|n| matches!(&n.op, Op::Input { name: m } if m == name));
+            let node = node.ok_or_else(|| format!("program `{program}` takes no input `{name}`"))?;
+            self.traffic.to_device += t.numel() as u64 * node.ty.dtype.size() as u64;
+            given.push((name, Tensor::new(t.shape, t.data)));
+        }
+        let leaves: Vec<Option<&Tensor>> = graph
+            .nodes
+            .iter()
+            .zip(&c.slots)
+            .map(|(n, slot)| match (&n.op, slot) {
+                (_, Some(s)) => Some(&self.buffers[*s]),
+                (Op::Input { name }, None) => given.iter().find(|(g, _)| g == name).map(|(_, t)| t),
+                _ => None,
+            })
+            .collect();
+        let opts = Options { precision: Precision::Native, training: options.training, seed: options.seed };
+        let (mut values, peak) = interp::run_bound(graph, &leaves, &opts, &c.keep).map_err(|e| e.0)?;
+        drop(leaves);
+        self.peak = Some(peak);
+        self.traffic.calls += 1;
+        let mut out = Vec::with_capacity(c.program.returns.len());
+        for (name, v) in &c.program.returns {
+            let t = &values[v.0 as usize];
+            self.traffic.to_host += t.data.len() as u64 * graph.ty(*v).dtype.size() as u64;
+            out.push((name.clone(), HostTensor::new(t.shape.clone(), t.data.clone())));
+        }
+        for (slot, v) in &c.updates {
+            self.buffers[*slot] = std::mem::replace(&mut values[v.0 as usize], Tensor::new(vec![0], Vec::new()));
+        }
+        Ok(out)
+    }
+
+    fn buffers(&self) -> Vec<BufferInfo> {
+        self.names
+            .iter()
+            .zip(&self.buffers)
+            .map(|(name, t)| BufferInfo { name: name.clone(), shape: t.shape.clone() })
+            .collect()
+    }
+
+    fn read(&mut self, buffer: &str) -> Result<HostTensor, String> {
+        let s = self.slot(buffer)?;
+        let t = &self.buffers[s];
+        self.traffic.to_host += t.data.len() as u64 * self.types[s].dtype.size() as u64;
+        Ok(HostTensor::new(t.shape.clone(), t.data.clone()))
+    }
+
+    fn write(&mut self, buffer: &str, value: HostTensor) -> Result<(), String> {
+        let s = self.slot(buffer)?;
+        if value.shape != self.buffers[s].shape {
+            return Err(format!(
+                "buffer `{buffer}` is {:?}; the value written is {:?}",
+                self.buffers[s].shape, value.shape
+            ));
+        }
+        self.traffic.to_device += value.data.len() as u64 * self.types[s].dtype.size() as u64;
+        // Stored at the buffer's dtype, as a device would hold it.
+        let mut t = Tensor::new(value.shape, value.data);
+        interp::round_to(&mut t, self.types[s].dtype);
+        self.buffers[s] = t;
+        Ok(())
+    }
+
+    fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    fn activations_peak(&self) -> Option<u64> {
+        self.peak
+    }
+}
