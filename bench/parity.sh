@@ -7,7 +7,7 @@
 # after any change that claims to change no result.
 # Usage: bash bench/parity.sh [BIN] [STEPS] > record.txt
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+root=${ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
 bin=${1:-$root/target/release/modelc}
 steps=${2:-30}
 work=$(mktemp -d)

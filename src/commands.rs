@@ -360,7 +360,7 @@ fn corpus_inputs(
 ) -> Result<Inputs, (String, i32)> {
     let (b, t) = (w.batch.max(1) as usize, w.seq.max(1) as usize);
     let corpus = modelc_runtime::data::Corpus::builtin();
-    let (tokens, targets) = w.recipe.objective.batches().batch(&corpus, b, t, seed, 0);
+    let (tokens, targets) = w.recipe.objective.batches.batch(&corpus, b, t, seed, 0);
     let names = crate::train::token_inputs(graph);
     if names.is_empty() {
         return Err(("the model takes no token ids".into(), EXIT_UNSUPPORTED));
@@ -566,7 +566,7 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
         seq: w.seq.max(1) as usize,
         seed,
         token_inputs,
-        batches: r.objective.batches(),
+        batches: r.objective.batches.clone(),
         corpus,
         schedule,
         optimizer: r.optimizer.kind.clone(),

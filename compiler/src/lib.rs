@@ -385,7 +385,7 @@ impl Workload {
 /// The stages after elaboration, in order: the objective's loss, the precision pass, the
 /// backward pass (seeded by the `loss_scale` input under mixed precision).
 pub fn lower(graph: graph::Graph, w: &Workload, to: Lowering) -> Result<graph::Graph, String> {
-    let graph = if to == Lowering::Outputs { graph } else { objective::apply(graph, w.recipe.objective.loss())? };
+    let graph = if to == Lowering::Outputs { graph } else { objective::apply(graph, w.recipe.objective.loss)? };
     let mixed = w.mixed_compute();
     let graph = match mixed {
         Some(dtype) => passes::precision::mixed(&graph, dtype)?,

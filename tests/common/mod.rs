@@ -136,3 +136,25 @@ pub fn inputs(graph: &Graph, seed: u64) -> HashMap<String, Tensor> {
     }
     out
 }
+
+/// Every `.model` file under `dir` is rejected by `modelc check` with exit 1, no panic, a
+/// location in the file (or in `imported`, a folder of files it imports) and a caret.
+/// Returns each file's snapshot name and rendered diagnostics, for the caller to snapshot
+/// (insta names snapshots after the calling module).
+pub fn rejected(dir: &str, imported: Option<&str>) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for path in &model_files(dir) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelc"))
+            .current_dir(root())
+            .args(["--color", "never", "check", path])
+            .output()
+            .expect("running modelc");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{path} should be rejected:\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{path}: {stderr}");
+        let located = stderr.contains(&format!("{path}:")) || imported.is_some_and(|i| stderr.contains(i));
+        assert!(located && stderr.contains('^'), "{path}: not located:\n{stderr}");
+        found.push((snapshot_name(path), stderr));
+    }
+    found
+}

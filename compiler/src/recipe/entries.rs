@@ -8,6 +8,7 @@ use crate::elab::value::Value;
 use crate::error::Error;
 use crate::graph::types::DType;
 use modelc_grammar::ast::{BinaryOp, Expr, ExprKind};
+use modelc_runtime::batches::Batches;
 use modelc_runtime::optim::Kind;
 use modelc_runtime::schedule::Phase;
 
@@ -188,16 +189,18 @@ pub fn objective(scope: &Scope, expr: &Expr) -> Result<Objective, Error> {
             None => Ok(default),
         }
     };
+    use crate::objective::Objective as Loss;
     Ok(match c.name.as_str() {
-        "causal_lm" => Objective::CausalLm,
+        "causal_lm" => Objective::CAUSAL_LM,
         "mlm" => {
             let (rate, span) = a.num("mask", 0.15, c.span);
             range(rate > 0.0 && rate < 1.0, span, "mask", rate, "a rate in (0, 1)")?;
-            Objective::Mlm {
+            let batches = Batches::Mlm {
                 rate,
                 dynamic: a.bool("dynamic", true),
                 mask_id: token("mask_id", modelc_runtime::tokens::MASK)?,
-            }
+            };
+            Objective { loss: Loss::Mlm, batches }
         }
         _ => {
             let (noise, span) = a.num("noise", 0.15, c.span);
@@ -206,12 +209,13 @@ pub fn objective(scope: &Scope, expr: &Expr) -> Result<Objective, Error> {
             range(mean_span.is_finite() && mean_span > 0.0, span, "mean_span", mean_span, "a length above 0")?;
             let sentinels = token("sentinels", 32)?;
             range(sentinels >= 1, a.span("sentinels").unwrap_or(c.span), "sentinels", sentinels, "at least 1")?;
-            Objective::SpanCorruption {
+            let batches = Batches::SpanCorruption {
                 noise,
                 mean_span,
                 first_sentinel: token("first_sentinel", modelc_runtime::tokens::FIRST_SENTINEL)?,
                 sentinels,
-            }
+            };
+            Objective { loss: Loss::SpanCorruption, batches }
         }
     })
 }

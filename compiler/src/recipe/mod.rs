@@ -42,41 +42,24 @@ pub const RECIPE_KEYS: &[&str] = &[
     "seed",
 ];
 
-/// The training objective and the data pipeline's options for it.
+/// The training objective: the loss the compiler appends, and what the data pipeline makes
+/// of the corpus for it (with the objective's options: masking rate, noise spans).
 #[derive(Clone, Debug, PartialEq)]
-pub enum Objective {
-    CausalLm,
-    Mlm { rate: f64, dynamic: bool, mask_id: u32 },
-    SpanCorruption { noise: f64, mean_span: f64, first_sentinel: u32, sentinels: u32 },
+pub struct Objective {
+    pub loss: crate::objective::Objective,
+    pub batches: Batches,
 }
 
 impl Objective {
+    pub const CAUSAL_LM: Objective =
+        Objective { loss: crate::objective::Objective::CausalLm, batches: Batches::CausalLm };
+
     /// The objective's word (`causal_lm`, ...).
     pub fn name(&self) -> &'static str {
-        match self {
-            Objective::CausalLm => "causal_lm",
-            Objective::Mlm { .. } => "mlm",
-            Objective::SpanCorruption { .. } => "span_corruption",
-        }
-    }
-
-    /// The loss the compiler appends to the model.
-    pub fn loss(&self) -> crate::objective::Objective {
-        match self {
-            Objective::CausalLm => crate::objective::Objective::CausalLm,
-            Objective::Mlm { .. } => crate::objective::Objective::Mlm,
-            Objective::SpanCorruption { .. } => crate::objective::Objective::SpanCorruption,
-        }
-    }
-
-    /// What the data pipeline makes of the corpus for it.
-    pub fn batches(&self) -> Batches {
-        match *self {
-            Objective::CausalLm => Batches::CausalLm,
-            Objective::Mlm { rate, dynamic, mask_id } => Batches::Mlm { rate, dynamic, mask_id },
-            Objective::SpanCorruption { noise, mean_span, first_sentinel, sentinels } => {
-                Batches::SpanCorruption { noise, mean_span, first_sentinel, sentinels }
-            }
+        match self.loss {
+            crate::objective::Objective::CausalLm => "causal_lm",
+            crate::objective::Objective::Mlm => "mlm",
+            crate::objective::Objective::SpanCorruption => "span_corruption",
         }
     }
 }
@@ -191,7 +174,7 @@ impl Recipe {
             adapter: None,
             trainable: None,
             merge: false,
-            objective: Objective::CausalLm,
+            objective: Objective::CAUSAL_LM,
             data: None,
             optimizer: entries::default_optimizer(),
             schedule: Vec::new(),
