@@ -409,7 +409,13 @@ impl Op {
         let dims = |s: &[Dim]| shape_text(s);
         match self {
             Op::Input { name } | Op::Param { name } | Op::Buffer { name } => format!(" {name:?}"),
-            Op::Scalar { value } if value.fract() == 0.0 && value.abs() < 1e15 => format!(" {}", *value as i64),
+            // Whole numbers print as integers, except -0.0: `as i64` would lose its sign, and
+            // the text form must parse back to the same bits.
+            Op::Scalar { value }
+                if value.fract() == 0.0 && value.abs() < 1e15 && value.to_bits() != (-0.0f64).to_bits() =>
+            {
+                format!(" {}", *value as i64)
+            }
             Op::Scalar { value } => format!(" {value:?}"),
             Op::Arange { n } => format!(" n={n}"),
             Op::Softcap { cap } => format!(" cap={cap:?}"),
