@@ -965,3 +965,50 @@ impl Op {
         Cost { flops, bytes: moved }
     }
 }
+
+/// Properties the Graph IR passes ask about (`passes/`), so no pass lists variants itself.
+impl Op {
+    /// Draws from a random stream (`dropout`, `noise`): its value depends on the run's
+    /// seed and on training mode, not only on its arguments.
+    pub fn is_random(&self) -> bool {
+        match self {
+            Op::Dropout { .. } | Op::Noise { .. } => true,
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Buffer { .. }
+            | Op::Scalar { .. }
+            | Op::Arange { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Softcap { .. }
+            | Op::Cast { .. }
+            | Op::Reduce { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::MatMul
+            | Op::Attention { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Broadcast { .. }
+            | Op::Pad { .. }
+            | Op::Embedding
+            | Op::Gather { .. }
+            | Op::ScatterAdd { .. }
+            | Op::TopK { .. }
+            | Op::OneHot { .. }
+            | Op::Cumsum { .. }
+            | Op::CrossEntropy { .. }
+            | Op::Lstm { .. }
+            | Op::MoeRoute { .. }
+            | Op::MoeDispatch
+            | Op::MoeCombine
+            | Op::MoeBalance { .. }
+            | Op::MoeZLoss
+            | Op::MoeLoad { .. }
+            | Op::MoeOverflow { .. } => false,
+        }
+    }
+}
