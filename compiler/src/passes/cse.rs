@@ -4,6 +4,14 @@
 //! one's scope. Arguments are compared after merging, so whole repeated chains collapse
 //! in one sweep (each call's RoPE tables, MoE statistics computed once per use).
 //!
+//! Merging never makes a big value live longer: a per-batch value (its type mentions `B`)
+//! merges only if the first copy is still read at or after the duplicate, so the merge
+//! frees the duplicate's buffer and extends nothing. Otherwise the first copy would stay
+//! alive across everything in between (the backward's transpose of the encoder output,
+//! reused by the next decoder layer's backward, held through that layer). Batch-independent
+//! values (position tables, masks, MoE statistics, constants) always merge: they are small
+//! next to activations, and rebuilding them per layer is what CSE is for.
+//!
 //! Not merged:
 //! - **random ops** (`dropout`, `noise`). In the interpreter their draws are a function of
 //!   (seed, key), so two with the same key and input are the same value; but that is a
@@ -33,13 +41,18 @@ struct Key {
 }
 
 pub fn run(graph: Graph) -> Result<Graph, String> {
+    // The last reader of each node (`usize::MAX` for what the caller reads).
+    let last_read = crate::memory::last_uses(&graph, &crate::memory::kept(&graph));
     let mut out = Graph { dim_defs: graph.dim_defs.clone(), ..Graph::default() };
     let mut map = Remap::with_capacity(graph.nodes.len());
+    // Per new node: the last old node that reads any old node it stands for.
+    let mut read_until: Vec<usize> = Vec::with_capacity(graph.nodes.len());
     let mut seen: HashMap<Key, ValueId> = HashMap::new();
-    for node in &graph.nodes {
+    for (j, node) in graph.nodes.iter().enumerate() {
         let args: Vec<ValueId> = node.args.iter().map(|a| map.get(*a)).collect();
         if node.op.is_random() {
             map.push(out.push(node.op.clone(), args, node.ty.clone(), &node.scope));
+            read_until.push(last_read[j]);
             continue;
         }
         let op = match &node.op {
@@ -48,10 +61,17 @@ pub fn run(graph: Graph) -> Result<Graph, String> {
         };
         let recompute = node.scope.ends_with(RECOMPUTE_SUFFIX).then(|| node.scope.clone());
         let key = Key { op, args, ty: node.ty.clone(), recompute };
-        let id = match seen.get(&key) {
-            Some(&first) => first,
+        let merge = seen.get(&key).copied().filter(|first| read_until[first.0 as usize] > j || !per_batch(&node.ty));
+        let id = match merge {
+            Some(first) => {
+                let until = &mut read_until[first.0 as usize];
+                *until = (*until).max(last_read[j]);
+                first
+            }
             None => {
                 let id = out.push(node.op.clone(), key.args.clone(), node.ty.clone(), &node.scope);
+                read_until.push(last_read[j]);
+                // A later duplicate merges into the latest copy, the one most likely alive.
                 seen.insert(key, id);
                 id
             }
@@ -60,4 +80,9 @@ pub fn run(graph: Graph) -> Result<Graph, String> {
     }
     map.finish(&graph, &mut out);
     Ok(out)
+}
+
+/// Whether a value's size grows with the batch (`B`), as activations do.
+fn per_batch(ty: &TensorType) -> bool {
+    ty.shape.iter().any(|d| d.symbols().any(|s| s == "B"))
 }

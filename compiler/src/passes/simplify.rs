@@ -12,8 +12,10 @@
 //!   `+0`. `x*0` is not `0` for infinities, NaN or negative `x` (`-3 * 0 = -0`), so it folds
 //!   only when `x` is known finite and non-negative (`arange`, `one_hot`).
 //! - **Movement**: reshape of reshape, transpose of transpose (composed, or removed when
-//!   the identity), broadcast of broadcast; reshape, transpose, broadcast and slice that
-//!   change nothing.
+//!   the identity), broadcast of broadcast, when the outer node is the inner one's only
+//!   reader (else the inner value stays alive and its argument lives longer too: the
+//!   backward's transposes would keep both a value and its transpose, raising the
+//!   activation peak); reshape, transpose, broadcast and slice that change nothing.
 //! - **Casts**: a cast to the dtype its argument already has is removed only when the
 //!   argument already holds what the cast would make: in the f64 oracle an `f32` value is
 //!   an unrounded f64 and `cast to=f32` rounds it, so only a value that is itself a cast to
@@ -35,22 +37,49 @@ enum Rewrite {
 }
 
 pub fn run(graph: Graph) -> Result<Graph, String> {
+    let readers = readers(&graph);
     let mut out = Graph { dim_defs: graph.dim_defs.clone(), ..Graph::default() };
     let mut map = Remap::with_capacity(graph.nodes.len());
-    for node in &graph.nodes {
+    // Per new node: the old node it was made for, and whether other old nodes became it.
+    let mut origin: Vec<Option<usize>> = Vec::with_capacity(graph.nodes.len());
+    let mut shared: Vec<bool> = Vec::with_capacity(graph.nodes.len());
+    for (j, node) in graph.nodes.iter().enumerate() {
         let args: Vec<ValueId> = node.args.iter().map(|a| map.get(*a)).collect();
-        let id = match rewrite(&mut out, &node.op, &args, &node.ty) {
+        let sole_reader = |v: ValueId| {
+            let i = v.0 as usize;
+            !shared.get(i).copied().unwrap_or(true) && origin[i].is_some_and(|k| readers[k] == 1)
+        };
+        let rewritten = rewrite(&mut out, &node.op, &args, &node.ty, &sole_reader);
+        // Nodes a rule added (a zero constant) were made for no old node.
+        origin.resize(out.nodes.len(), None);
+        shared.resize(out.nodes.len(), false);
+        let id = match rewritten {
             // A rule only proposes; the type is checked here, so no rule changes one.
-            Some(Rewrite::Value(v)) if *out.ty(v) == node.ty => v,
+            Some(Rewrite::Value(v)) if *out.ty(v) == node.ty => {
+                shared[v.0 as usize] = true;
+                v
+            }
             Some(Rewrite::Node(op, new_args)) if infers(&out, &op, &new_args, &node.ty) => {
                 out.push(op, new_args, node.ty.clone(), &node.scope)
             }
             _ => out.push(node.op.clone(), args, node.ty.clone(), &node.scope),
         };
+        origin.resize(out.nodes.len(), Some(j));
+        shared.resize(out.nodes.len(), false);
         map.push(id);
     }
     map.finish(&graph, &mut out);
     Ok(out)
+}
+
+/// How many nodes and named or returned values read each node.
+fn readers(g: &Graph) -> Vec<usize> {
+    let mut n = vec![0; g.nodes.len()];
+    let named = g.aux_losses.iter().chain(&g.metrics).chain(&g.grads).chain(&g.updates).map(|(_, v)| v);
+    for v in g.nodes.iter().flat_map(|node| &node.args).chain(&g.outputs).chain(named) {
+        n[v.0 as usize] += 1;
+    }
+    n
 }
 
 /// Whether `op` on `args` has type `ty` (a leaf has the type it is given).
@@ -62,7 +91,16 @@ fn infers(g: &Graph, op: &Op, args: &[ValueId], ty: &TensorType) -> bool {
     op.infer(&types).is_ok_and(|t| t == *ty)
 }
 
-fn rewrite(g: &mut Graph, op: &Op, args: &[ValueId], ty: &TensorType) -> Option<Rewrite> {
+/// What `op` on `args` simplifies to, if anything. `sole_reader(v)`: the node being
+/// rewritten is the only reader of `v`, so a chain through `v` can skip it without keeping
+/// it alive longer (a rule never makes the activation peak grow).
+fn rewrite(
+    g: &mut Graph,
+    op: &Op,
+    args: &[ValueId],
+    ty: &TensorType,
+    sole_reader: &dyn Fn(ValueId) -> bool,
+) -> Option<Rewrite> {
     if let Some(value) = fold(g, op, args, ty) {
         return Some(Rewrite::Node(Op::Scalar { value }, Vec::new()));
     }
@@ -73,6 +111,7 @@ fn rewrite(g: &mut Graph, op: &Op, args: &[ValueId], ty: &TensorType) -> Option<
                 return Some(Rewrite::Value(x));
             }
             match &g.nodes[x.0 as usize] {
+                _ if !sole_reader(x) => None,
                 Node { op: Op::Reshape { .. }, args, .. } if g.ty(args[0]).shape == *shape => {
                     Some(Rewrite::Value(args[0]))
                 }
@@ -87,6 +126,9 @@ fn rewrite(g: &mut Graph, op: &Op, args: &[ValueId], ty: &TensorType) -> Option<
                 return Some(Rewrite::Value(x));
             }
             let Node { op: Op::Transpose { perm: inner }, args, .. } = &g.nodes[x.0 as usize] else { return None };
+            if !sole_reader(x) {
+                return None;
+            }
             // Axis i of the outer result is axis perm[i] of the inner one, which is axis
             // inner[perm[i]] of the inner argument.
             let composed: Vec<usize> = perm.iter().map(|&p| inner.get(p).copied()).collect::<Option<_>>()?;
@@ -101,7 +143,7 @@ fn rewrite(g: &mut Graph, op: &Op, args: &[ValueId], ty: &TensorType) -> Option<
                 return Some(Rewrite::Value(x));
             }
             match &g.nodes[x.0 as usize] {
-                Node { op: Op::Broadcast { .. }, args, .. } => {
+                Node { op: Op::Broadcast { .. }, args, .. } if sole_reader(x) => {
                     Some(Rewrite::Node(Op::Broadcast { shape: shape.clone() }, vec![args[0]]))
                 }
                 _ => None,
