@@ -22,36 +22,38 @@
 //!   anything outside their segment: they duplicate the forward on purpose, so that the
 //!   forward's activations die early; merging them back would undo the memory saving.
 
-use super::Remap;
+use super::{push_node, take_nodes, Remap};
 use crate::autodiff::RECOMPUTE_SUFFIX;
 use crate::graph::op::Op;
 use crate::graph::types::TensorType;
-use crate::graph::{Graph, ValueId};
+use crate::graph::{Graph, Node, ValueId};
 use std::collections::HashMap;
 
-/// What makes two nodes the same value.
+/// What makes two nodes the same value, with their types (compared, not hashed: types
+/// are polynomials, costly to hash and to copy on a 12k-node graph).
 #[derive(PartialEq, Eq, Hash)]
 struct Key {
     /// The op and its attributes, exactly (the text form is lossless; scalars by bits).
     op: String,
     args: Vec<ValueId>,
-    ty: TensorType,
     /// The scope of a recomputed copy; `None` for everything else.
     recompute: Option<String>,
 }
 
-pub fn run(graph: Graph) -> Result<Graph, String> {
+pub fn run(mut graph: Graph) -> Result<Graph, String> {
     // The last reader of each node (`usize::MAX` for what the caller reads).
     let last_read = crate::memory::last_uses(&graph, &crate::memory::kept(&graph));
-    let mut out = Graph { dim_defs: graph.dim_defs.clone(), ..Graph::default() };
-    let mut map = Remap::with_capacity(graph.nodes.len());
+    let (nodes, mut out) = take_nodes(&mut graph);
+    let mut map = Remap::with_capacity(nodes.len());
     // Per new node: the last old node that reads any old node it stands for.
-    let mut read_until: Vec<usize> = Vec::with_capacity(graph.nodes.len());
-    let mut seen: HashMap<Key, ValueId> = HashMap::new();
-    for (j, node) in graph.nodes.iter().enumerate() {
+    let mut read_until: Vec<usize> = Vec::with_capacity(nodes.len());
+    // The copies of each key, latest last (a later duplicate merges into the latest copy
+    // of its type, the one most likely still alive).
+    let mut seen: HashMap<Key, Vec<ValueId>> = HashMap::new();
+    for (j, node) in nodes.into_iter().enumerate() {
         let args: Vec<ValueId> = node.args.iter().map(|a| map.get(*a)).collect();
         if node.op.is_random() {
-            map.push(out.push(node.op.clone(), args, node.ty.clone(), &node.scope));
+            map.push(push_node(&mut out, Node { args, ..node }));
             read_until.push(last_read[j]);
             continue;
         }
@@ -60,8 +62,10 @@ pub fn run(graph: Graph) -> Result<Graph, String> {
             op => format!("{}{}", op.name(), op.attrs()),
         };
         let recompute = node.scope.ends_with(RECOMPUTE_SUFFIX).then(|| node.scope.clone());
-        let key = Key { op, args, ty: node.ty.clone(), recompute };
-        let merge = seen.get(&key).copied().filter(|first| read_until[first.0 as usize] > j || !per_batch(&node.ty));
+        let key = Key { op, args, recompute };
+        let copies = seen.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let first = copies.iter().rev().copied().find(|c| out.nodes[c.0 as usize].ty == node.ty);
+        let merge = first.filter(|c| read_until[c.0 as usize] > j || !per_batch(&node.ty));
         let id = match merge {
             Some(first) => {
                 let until = &mut read_until[first.0 as usize];
@@ -69,10 +73,9 @@ pub fn run(graph: Graph) -> Result<Graph, String> {
                 first
             }
             None => {
-                let id = out.push(node.op.clone(), key.args.clone(), node.ty.clone(), &node.scope);
+                let id = push_node(&mut out, Node { args: key.args.clone(), ..node });
                 read_until.push(last_read[j]);
-                // A later duplicate merges into the latest copy, the one most likely alive.
-                seen.insert(key, id);
+                seen.entry(key).or_default().push(id);
                 id
             }
         };

@@ -4,11 +4,11 @@
 //! symbolic dims (`B`, `T`) from the inputs' shapes, and callers feed inputs by name. So
 //! does each `param` an update writes to, since the update names it.
 
-use super::Remap;
+use super::{push_node, take_nodes, Remap};
 use crate::graph::op::Op;
-use crate::graph::{Graph, ValueId};
+use crate::graph::{Graph, Node, ValueId};
 
-pub fn run(graph: Graph) -> Result<Graph, String> {
+pub fn run(mut graph: Graph) -> Result<Graph, String> {
     let n = graph.nodes.len();
     let mut live = vec![false; n];
     let roots = graph
@@ -36,13 +36,13 @@ pub fn run(graph: Graph) -> Result<Graph, String> {
             }
         }
     }
-    let mut out = Graph { dim_defs: graph.dim_defs.clone(), ..Graph::default() };
+    let (nodes, mut out) = take_nodes(&mut graph);
     let mut map = Remap::with_capacity(n);
-    for (i, node) in graph.nodes.iter().enumerate() {
+    for (node, live) in nodes.into_iter().zip(live) {
         // A dead node's slot is never read: nothing live refers to it.
-        let id = if live[i] {
+        let id = if live {
             let args = node.args.iter().map(|a| map.get(*a)).collect();
-            out.push(node.op.clone(), args, node.ty.clone(), &node.scope)
+            push_node(&mut out, Node { args, ..node })
         } else {
             ValueId(u32::MAX)
         };

@@ -22,7 +22,7 @@
 //!   that dtype (or an exact constant, an `arange`, a comparison) qualifies. A round trip
 //!   through another dtype (`f32 → bf16 → f32`) loses precision and is never removed.
 
-use super::Remap;
+use super::{push_node, take_nodes, Remap};
 use crate::graph::op::{Binary, Op, Unary};
 use crate::graph::types::{DType, TensorType};
 use crate::graph::{Graph, Node, ValueId};
@@ -36,14 +36,14 @@ enum Rewrite {
     Node(Op, Vec<ValueId>),
 }
 
-pub fn run(graph: Graph) -> Result<Graph, String> {
+pub fn run(mut graph: Graph) -> Result<Graph, String> {
     let readers = readers(&graph);
-    let mut out = Graph { dim_defs: graph.dim_defs.clone(), ..Graph::default() };
-    let mut map = Remap::with_capacity(graph.nodes.len());
+    let (nodes, mut out) = take_nodes(&mut graph);
+    let mut map = Remap::with_capacity(nodes.len());
     // Per new node: the old node it was made for, and whether other old nodes became it.
-    let mut origin: Vec<Option<usize>> = Vec::with_capacity(graph.nodes.len());
-    let mut shared: Vec<bool> = Vec::with_capacity(graph.nodes.len());
-    for (j, node) in graph.nodes.iter().enumerate() {
+    let mut origin: Vec<Option<usize>> = Vec::with_capacity(nodes.len());
+    let mut shared: Vec<bool> = Vec::with_capacity(nodes.len());
+    for (j, node) in nodes.into_iter().enumerate() {
         let args: Vec<ValueId> = node.args.iter().map(|a| map.get(*a)).collect();
         let sole_reader = |v: ValueId| {
             let i = v.0 as usize;
@@ -60,9 +60,9 @@ pub fn run(graph: Graph) -> Result<Graph, String> {
                 v
             }
             Some(Rewrite::Node(op, new_args)) if infers(&out, &op, &new_args, &node.ty) => {
-                out.push(op, new_args, node.ty.clone(), &node.scope)
+                push_node(&mut out, Node { op, args: new_args, ..node })
             }
-            _ => out.push(node.op.clone(), args, node.ty.clone(), &node.scope),
+            _ => push_node(&mut out, Node { args, ..node }),
         };
         origin.resize(out.nodes.len(), Some(j));
         shared.resize(out.nodes.len(), false);
