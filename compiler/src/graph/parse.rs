@@ -289,32 +289,50 @@ impl<'a> Cursor<'a> {
         u32::try_from(n).map(ValueId).map_err(|_| self.err(format!("%{n} is out of range")))
     }
 
-    /// A polynomial in symbols, as `Dim` prints it: `B*T`, `2*T-1`, `4096`.
+    /// A polynomial in symbols, as `Dim` prints it: `B*T`, `2*T-1`, `4096`. Coefficients
+    /// are summed with checked arithmetic, so no text overflows `Dim`'s `i64`s.
     fn dim(&mut self) -> Parsed<Dim> {
-        let mut total = Dim::constant(0);
+        let start = self.pos;
+        let overflow = |c: &mut Self| {
+            c.pos = start;
+            c.err("the dim's coefficients overflow 64 bits")
+        };
+        let mut terms: std::collections::BTreeMap<Vec<String>, i64> = Default::default();
         let mut negative = self.eat("-");
         loop {
-            let mut term = self.dim_factor()?;
-            while self.eat("*") {
-                term = term.mul(&self.dim_factor()?);
+            let (mut coefficient, mut symbols) = (1i64, Vec::new());
+            loop {
+                match self.peek() {
+                    Some(ch) if ch.is_ascii_digit() => {
+                        let n = self.int()?;
+                        coefficient = coefficient.checked_mul(n).ok_or_else(|| overflow(self))?;
+                    }
+                    Some(ch) if ch.is_ascii_alphabetic() || ch == '_' => symbols.push(self.ident()?.to_string()),
+                    _ => {
+                        return Err(self.err(format!("expected a dim (a number or a symbol), found `{}`", self.word())))
+                    }
+                }
+                if !self.eat("*") {
+                    break;
+                }
             }
-            total = if negative { total.sub(&term) } else { total.add(&term) };
+            symbols.sort();
+            let signed = if negative { coefficient.checked_neg() } else { Some(coefficient) };
+            let entry = terms.entry(symbols).or_insert(0);
+            *entry = signed.and_then(|c| entry.checked_add(c)).ok_or_else(|| overflow(self))?;
             if self.eat("+") {
                 negative = false;
             } else if self.eat("-") {
                 negative = true;
             } else {
-                return Ok(total);
+                break;
             }
         }
-    }
-
-    fn dim_factor(&mut self) -> Parsed<Dim> {
-        match self.peek() {
-            Some(ch) if ch.is_ascii_digit() => Ok(Dim::constant(self.int()?)),
-            Some(ch) if ch.is_ascii_alphabetic() || ch == '_' => Ok(Dim::symbol(self.ident()?)),
-            _ => Err(self.err(format!("expected a dim (a number or a symbol), found `{}`", self.word()))),
-        }
+        // Distinct monomials, each times its coefficient: nothing here can overflow.
+        Ok(terms.into_iter().fold(Dim::constant(0), |total, (symbols, c)| {
+            let monomial = symbols.iter().fold(Dim::constant(1), |m, s| m.mul(&Dim::symbol(s)));
+            total.add(&monomial.mul(&Dim::constant(c)))
+        }))
     }
 
     /// `[a, b, ...]` of items read by `item`.

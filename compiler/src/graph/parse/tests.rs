@@ -256,3 +256,43 @@ fn errors_name_line_and_column() {
         assert!(e.message.contains(message), "{text}: {e}");
     }
 }
+
+/// A tiny deterministic generator for the mutation test.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as usize) % n.max(1)
+    }
+}
+
+/// Mangled text is an error, never a panic: characters deleted, inserted, swapped for
+/// digits (huge numbers), and whole lines repeated.
+#[test]
+fn mangled_text_never_panics() {
+    let text = samples().into_iter().map(|op| one_node(op).to_string().replace("return %0\n", "")).collect::<String>();
+    let text = format!("dim C0 = ceil(1.25 * 2 * B*T / 8)\n{text}grad w = %0\nreturn %0\n");
+    let alphabet: Vec<char> = "%:=[]{}(),. -*+/\\\"0123456789BTaxisperm_éf32\n".chars().collect();
+    let mut rng = Lcg(7);
+    for _ in 0..3000 {
+        let mut chars: Vec<char> = text.chars().collect();
+        for _ in 0..1 + rng.below(4) {
+            let at = rng.below(chars.len());
+            match rng.below(4) {
+                0 => {
+                    chars.remove(at);
+                }
+                1 => chars.insert(at, alphabet[rng.below(alphabet.len())]),
+                2 => chars.splice(at..at, "99999999999999999999".chars()).for_each(drop),
+                _ => chars.splice(at..at, "*9223372036854775807+9223372036854775807".chars()).for_each(drop),
+            }
+        }
+        let mangled: String = chars.into_iter().collect();
+        let _ = parse(&mangled);
+    }
+    // Overflowing coefficients are a located error.
+    let e =
+        parse("%0: f32[9223372036854775807*T+9223372036854775807*T] = input \"x\"\nreturn %0\n").expect_err("overflow");
+    assert!(e.message.contains("overflow"), "{e}");
+}
