@@ -841,14 +841,12 @@ pub fn emit(path: &Path, stage: Stage, target: &Target, print: &PrintAfter, repo
             // The forward graph (with the recipe's precision casts), or the training graph:
             // objective, precision, then the backward pass; then the pass pipeline.
             let to = if stage == Stage::Ir { Lowering::Outputs } else { Lowering::Training };
-            let mut printed = false;
             let mut show = |pass: &modelc_compiler::passes::Pass, g: &modelc_compiler::graph::Graph| {
                 if print.all {
                     println!("; after {}: {}", pass.name, pass.description);
                     print!("{g}");
-                } else if stop == Some(pass.name) && !printed {
+                } else if stop == Some(pass.name) {
                     print!("{g}");
-                    printed = true;
                 }
             };
             let lowered = modelc_compiler::lower_unoptimized(graph, &w, to)

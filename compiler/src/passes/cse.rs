@@ -5,7 +5,7 @@
 //! in one sweep (each call's RoPE tables, MoE statistics computed once per use).
 //!
 //! Merging never makes a big value live longer: a per-batch value (its type mentions `B`)
-//! merges only if the first copy is still read at or after the duplicate, so the merge
+//! merges only if the first copy is still read after the duplicate, so the merge
 //! frees the duplicate's buffer and extends nothing. Otherwise the first copy would stay
 //! alive across everything in between (the backward's transpose of the encoder output,
 //! reused by the next decoder layer's backward, held through that layer). Batch-independent
@@ -19,8 +19,8 @@
 //!   a stateful or offset-based generator would give two different masks. Keeping both
 //!   costs one elementwise op; merging could silently change a compiled model.
 //! - **recomputed copies** (autodiff's `recompute`, scopes ending in `.recompute`) with
-//!   anything outside their segment: they duplicate the forward on purpose, so that the
-//!   forward's activations die early; merging them back would undo the memory saving.
+//!   anything but copies of the same scope: they duplicate the forward on purpose, so that
+//!   the forward's activations die early; merging them back would undo the memory saving.
 
 use super::{push_node, take_nodes, Remap};
 use crate::autodiff::RECOMPUTE_SUFFIX;

@@ -14,7 +14,7 @@ pub mod precision;
 pub mod simplify;
 
 use crate::graph::verify::verify;
-use crate::graph::Graph;
+use crate::graph::{Graph, Node, ValueId};
 
 /// One pass of the pipeline.
 pub struct Pass {
@@ -81,36 +81,36 @@ pub fn run_verified(p: &Pass, graph: Graph) -> Result<Graph, String> {
 /// Takes a graph's nodes out, leaving its named and returned values; and the empty graph
 /// (with the same dim defs) a pass rebuilds into. Passes move nodes rather than clone them:
 /// a Llama-2-7B training graph has 12k nodes, and `inspect` runs the pipeline on it.
-pub(crate) fn take_nodes(graph: &mut Graph) -> (Vec<crate::graph::Node>, Graph) {
+pub(crate) fn take_nodes(graph: &mut Graph) -> (Vec<Node>, Graph) {
     let out = Graph { dim_defs: std::mem::take(&mut graph.dim_defs), ..Graph::default() };
     (std::mem::take(&mut graph.nodes), out)
 }
 
 /// Appends a node as it is.
-pub(crate) fn push_node(g: &mut Graph, node: crate::graph::Node) -> crate::graph::ValueId {
+pub(crate) fn push_node(g: &mut Graph, node: Node) -> ValueId {
     g.nodes.push(node);
-    crate::graph::ValueId(g.nodes.len() as u32 - 1)
+    ValueId(g.nodes.len() as u32 - 1)
 }
 
 /// Where every pass keeps a value it rewrites: the old id's new id.
-pub(crate) struct Remap(Vec<crate::graph::ValueId>);
+pub(crate) struct Remap(Vec<ValueId>);
 
 impl Remap {
     pub(crate) fn with_capacity(n: usize) -> Remap {
         Remap(Vec::with_capacity(n))
     }
 
-    pub(crate) fn push(&mut self, v: crate::graph::ValueId) {
+    pub(crate) fn push(&mut self, v: ValueId) {
         self.0.push(v);
     }
 
-    pub(crate) fn get(&self, v: crate::graph::ValueId) -> crate::graph::ValueId {
+    pub(crate) fn get(&self, v: ValueId) -> ValueId {
         self.0[v.0 as usize]
     }
 
     /// The named and returned values of `old`, carried over to `new`.
     pub(crate) fn finish(&self, old: &Graph, new: &mut Graph) {
-        let named = |list: &[(String, crate::graph::ValueId)]| -> Vec<(String, crate::graph::ValueId)> {
+        let named = |list: &[(String, ValueId)]| -> Vec<(String, ValueId)> {
             list.iter().map(|(n, v)| (n.clone(), self.get(*v))).collect()
         };
         new.outputs = old.outputs.iter().map(|v| self.get(*v)).collect();
