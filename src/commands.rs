@@ -795,8 +795,39 @@ pub fn generate(path: &Path, target: &Target, args: &GenerateArgs, report: &Repo
     }
 }
 
-/// `modelc emit`: print one stage's text form.
-pub fn emit(path: &Path, stage: Stage, target: &Target, report: &Reporter) -> i32 {
+/// Which passes `modelc emit` shows the IR after: `--after PASS` or `--print-after-all`.
+#[derive(Clone, Debug, Default)]
+pub struct PrintAfter {
+    pub after: Option<String>,
+    pub all: bool,
+}
+
+/// `modelc emit`: print one stage's text form; for the Graph IR, optionally after one
+/// pass of the pipeline or after each of them.
+pub fn emit(path: &Path, stage: Stage, target: &Target, print: &PrintAfter, report: &Reporter) -> i32 {
+    let wants_passes = print.after.is_some() || print.all;
+    if wants_passes && !matches!(stage, Stage::Ir | Stage::Grad) {
+        report.plain_error(
+            "`--after` and `--print-after-all` show the Graph IR: use them with `--stage ir` or `--stage grad`",
+        );
+        return EXIT_INPUT;
+    }
+    // An unknown pass is reported before any work.
+    let stop = match &print.after {
+        None => None,
+        Some(name) => match modelc_compiler::passes::pass(name) {
+            Some(p) => Some(p.name),
+            None => {
+                let names = modelc_compiler::passes::PASSES.iter().map(|p| p.name);
+                let hint = match modelc_compiler::error::suggest(name, names.clone()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("the passes are {}", names.collect::<Vec<_>>().join(", ")),
+                };
+                report.plain_error(&format!("`--after {name}`: there is no pass `{name}`; {hint}"));
+                return EXIT_INPUT;
+            }
+        },
+    };
     match stage {
         Stage::Ast => {
             let Some((file, parsed)) = load_and_parse(path, report) else {
@@ -822,11 +853,23 @@ pub fn emit(path: &Path, stage: Stage, target: &Target, report: &Reporter) -> i3
                 }
             };
             // The forward graph (with the recipe's precision casts), or the training graph:
-            // objective, precision, then the backward pass.
+            // objective, precision, then the backward pass; then the pass pipeline.
             let to = if stage == Stage::Ir { Lowering::Outputs } else { Lowering::Training };
-            match modelc_compiler::lower(graph, &w, to) {
-                Ok(g) => {
+            let mut show = |pass: &modelc_compiler::passes::Pass, g: &modelc_compiler::graph::Graph| {
+                if print.all {
+                    println!("; after {}: {}", pass.name, pass.description);
                     print!("{g}");
+                } else if stop == Some(pass.name) {
+                    print!("{g}");
+                }
+            };
+            let lowered = modelc_compiler::lower_unoptimized(graph, &w, to)
+                .and_then(|g| modelc_compiler::passes::pipeline_observed(g, &mut show));
+            match lowered {
+                Ok(g) => {
+                    if !wants_passes {
+                        print!("{g}");
+                    }
                     EXIT_OK
                 }
                 Err(why) => {

@@ -83,6 +83,12 @@ enum Command {
         stage: Stage,
         #[command(flatten)]
         target: TargetArgs,
+        /// Print the Graph IR right after this pass of the pipeline (simplify, cse, dce).
+        #[arg(long, value_name = "PASS")]
+        after: Option<String>,
+        /// Print the Graph IR after every pass, each under a `; after PASS` line.
+        #[arg(long, conflicts_with = "after")]
+        print_after_all: bool,
     },
     /// Parameters per block with the exact total, FLOPs and memory of a model.
     Inspect {
@@ -250,7 +256,10 @@ fn main() {
     let code = modelc_grammar::with_big_stack(move || match cli.command {
         Command::Check { files } => commands::check(&files, &report),
         Command::Fmt { files, check } => commands::fmt(&files, check, &report),
-        Command::Emit { file, stage, target } => commands::emit(&file, stage, &target.target(), &report),
+        Command::Emit { file, stage, target, after, print_after_all } => {
+            let print = commands::PrintAfter { after, all: print_after_all };
+            commands::emit(&file, stage, &target.target(), &print, &report)
+        }
         Command::Inspect { file, target, batch, seq, json } => {
             commands::inspect(&file, &target.target(), (batch, seq), json, &report)
         }

@@ -92,6 +92,60 @@ fn emit_ast_prints_a_located_tree() {
     assert!(text.contains("  block Tour  @"), "{text}");
 }
 
+/// `emit --after PASS` on every example, forward and training graphs, for every pass: the
+/// Graph IR right after it, which parses back and verifies; after the last pass it is what
+/// plain `emit` prints. `--print-after-all` prints the same texts, each under a header.
+#[test]
+fn emit_after_every_pass_prints_ir_that_parses_back() {
+    use modelc_compiler::graph::{parse::parse, verify::verify};
+    use modelc_compiler::passes::PASSES;
+    for file in model_files("examples") {
+        let source = std::fs::read_to_string(root().join(&file)).expect("example");
+        let recipe: &[&str] = if source.contains("\nrecipe tiny") { &["--recipe", "tiny"] } else { &[] };
+        for stage in ["ir", "grad"] {
+            let emit = |extra: &[&str]| {
+                let out = modelc(&[&["emit", file.as_str(), "--stage", stage], recipe, extra].concat());
+                assert_eq!(out.status.code(), Some(0), "{file} {stage} {extra:?}: {}", stderr(&out));
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            let mut after = Vec::new();
+            for p in PASSES {
+                let text = emit(&["--after", p.name]);
+                let g = parse(&text).unwrap_or_else(|e| panic!("{file} {stage} --after {}: {e}", p.name));
+                verify(&g).unwrap_or_else(|e| panic!("{file} {stage} --after {}: {e}", p.name));
+                assert_eq!(g.to_string(), text);
+                after.push(text);
+            }
+            assert_eq!(after.last(), Some(&emit(&[])), "{file} {stage}: the last pass's IR is not the final IR");
+            let all = emit(&["--print-after-all"]);
+            let sections: Vec<&str> = all.split("; after ").skip(1).collect();
+            assert_eq!(sections.len(), PASSES.len(), "{file} {stage}");
+            for ((section, p), text) in sections.iter().zip(PASSES).zip(&after) {
+                let (header, body) = section.split_once('\n').expect("a header line");
+                assert!(header.starts_with(&format!("{}: ", p.name)), "{file} {stage}: header `{header}`");
+                assert_eq!(body, text, "{file} {stage}: --print-after-all differs from --after {}", p.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn emit_after_an_unknown_pass_is_an_error_with_a_suggestion() {
+    let file = "examples/gpt2.model";
+    let cases: [(&[&str], &str); 3] = [
+        (&["--stage", "ir", "--after", "csee"], "`--after csee`: there is no pass `csee`; did you mean `cse`?"),
+        (&["--stage", "grad", "--after", "fusion"], "the passes are simplify, cse, dce"),
+        (&["--stage", "ast", "--after", "cse"], "use them with `--stage ir` or `--stage grad`"),
+    ];
+    for (args, message) in cases {
+        let out = modelc(&[&["emit", file], args].concat());
+        assert_no_panic(&out, &format!("{args:?}"));
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?}: printed IR anyway");
+    }
+}
+
 #[test]
 fn unbuilt_subcommands_say_so_and_exit_2() {
     let file = "tests/parse/ok/syntax_tour.model";

@@ -203,7 +203,7 @@ fn forward_flops_agree_with_the_textbook_count() {
     let ratio = per_token / textbook;
     assert!((1.0..1.03).contains(&ratio), "IR count {per_token} vs textbook {textbook} (ratio {ratio})");
     assert_eq!(json["workload"]["batch"], 2);
-    // Backward is each op's VJP: about two forwards for a matmul-dominated model.
+    // Backward is the backward graph's cost: about two forwards for a matmul-dominated model.
     let backward = json["flops"]["backward_per_step"].as_u64().expect("backward") as f64;
     let forward = json["flops"]["forward_per_step"].as_u64().expect("forward") as f64;
     assert!((1.9..2.2).contains(&(backward / forward)), "backward/forward = {}", backward / forward);
@@ -218,6 +218,26 @@ fn forward_flops_agree_with_the_textbook_count() {
     // AdamW keeps two f32 moments per parameter.
     let total = json["params"]["total"].as_u64().unwrap_or_default();
     assert_eq!(json["memory"]["optimizer_bytes"].as_u64(), Some(8 * total));
+}
+
+/// Backward FLOPs come from the backward graph: a full fine-tune's backward is about two
+/// forwards (input and weight gradients of every matmul); a LoRA's frozen base weights get
+/// no weight gradient, so its backward is about one forward.
+#[test]
+fn backward_flops_count_only_trained_weights() {
+    let ratio = |file: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_modelc"))
+            .current_dir(root())
+            .args(["inspect", file, "--recipe", "tiny", "--json"])
+            .output()
+            .expect("running modelc");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let backward = json["flops"]["backward_per_step"].as_u64().expect("backward") as f64;
+        backward / json["flops"]["forward_per_step"].as_u64().expect("forward") as f64
+    };
+    let (full, lora) = (ratio("examples/llama.model"), ratio("examples/lora.model"));
+    assert!((1.9..2.4).contains(&full), "llama: backward/forward = {full}");
+    assert!((1.0..1.3).contains(&lora), "lora: backward/forward = {lora}");
 }
 
 /// Well-typed fixtures (`tests/elab/ok/`) check, and their Graph IR is a snapshot.

@@ -31,6 +31,10 @@ fn differentiate_seeded(graph: Graph, seed_input: Option<&str>) -> Result<Graph,
     differentiate_params(graph, seed_input, &|_| true, None)
 }
 
+/// What a recomputed copy's scope ends with (`blocks.3.attn.recompute`): the copies are
+/// duplicates on purpose, which `passes::cse` must not merge back into the originals.
+pub const RECOMPUTE_SUFFIX: &str = ".recompute";
+
 /// The segment a node belongs to under `recompute = name`: its scope up to the sub-block
 /// `name` and, inside a `repeat`, the copy number (`blocks.3` of `blocks.3.attn.wq`).
 pub fn recompute_segment(scope: &str, name: &str) -> Option<String> {
@@ -122,7 +126,7 @@ pub fn differentiate_params(
                     }
                     let copy = b.g.nodes[j].clone();
                     let args = copy.args.iter().map(|a| value[a.0 as usize]).collect();
-                    value[j] = b.g.push(copy.op, args, copy.ty, &format!("{}.recompute", copy.scope));
+                    value[j] = b.g.push(copy.op, args, copy.ty, &format!("{}{RECOMPUTE_SUFFIX}", copy.scope));
                 }
             }
         }

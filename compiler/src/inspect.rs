@@ -1,6 +1,7 @@
 //! Instance tree + Graph IR → the `modelc inspect` report: parameters per block as a
 //! tree (counts, shares, doc lines) with the exact total; FLOPs from the IR's op costs
-//! evaluated at the workload's batch and sequence; memory for parameters, gradients,
+//! evaluated at the workload's batch and sequence (the backward's from the training
+//! graph after the pass pipeline); memory for parameters, gradients,
 //! optimizer state and activations.
 
 use crate::elab::instance::{Instance, Member};
@@ -47,8 +48,11 @@ pub struct Flops {
     pub forward_per_step: u64,
     /// The `attention` nodes' share of the forward pass.
     pub attention_per_step: u64,
-    /// Backward: each node's vector-Jacobian product, from `Op::backward_flops`.
-    pub backward_per_step: u64,
+    /// Backward: the op costs of the training graph's backward nodes (after the pass
+    /// pipeline), those the loss, aux losses and metrics do not depend on. Frozen
+    /// parameters get no weight gradient, recomputed segments count here. `None` when the
+    /// model has no training graph (its objective cannot be built).
+    pub backward_per_step: Option<u64>,
     /// The optimizer's update, per parameter by optimizer (AdamW 12, SGD 2 or 3 with
     /// momentum, Adafactor 10).
     pub optimizer_per_step: u64,
@@ -96,13 +100,12 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
     let (batch, seq) = (workload.batch, workload.seq);
     let bind = move |s: &str| Some(if s == "B" { batch } else { seq });
     let eval = |d: &crate::graph::dim::Dim| graph.eval_dim(d, &bind).unwrap_or(0).max(0) as u64;
-    let (mut forward, mut backward, mut attention, mut activations) = (0u64, 0u64, 0u64, 0u64);
+    let (mut forward, mut attention, mut activations) = (0u64, 0u64, 0u64);
     for n in &graph.nodes {
         let args: Vec<&crate::graph::types::TensorType> = n.args.iter().map(|a| graph.ty(*a)).collect();
         let cost = n.op.cost(&args, &n.ty);
         let flops = eval(&cost.flops);
         forward += flops;
-        backward += eval(&n.op.backward_flops(&args, &n.ty));
         if matches!(n.op, Op::Attention { .. }) {
             attention += flops;
         }
@@ -117,21 +120,24 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
     // Frozen parameters have no gradient and no optimizer state.
     let grads_bytes = trainable * if mixed { 2 } else { 4 };
     let optimizer_bytes = optimizer_bytes(instance, &workload);
-    // Liveness over the training graph (objective, precision, backward) at this workload.
-    // Only for a recipe's objective: without one there is no training step to measure.
-    let peak = |w: &Workload| {
-        (!w.recipe.name.is_empty()).then_some(())?;
-        let g = crate::lower(graph.clone(), w, crate::Lowering::Training).ok()?;
+    // The training graph (objective, precision, backward, pass pipeline), built once.
+    let training = crate::lower(graph.clone(), &workload, crate::Lowering::Training).ok();
+    let backward = training.as_ref().map(|g| backward_flops(g, &eval));
+    // Liveness over the training graph at this workload. Only for a recipe's objective:
+    // without one there is no training step to measure.
+    let peak = |g: &Graph| {
         let sizes: Vec<u64> =
             g.nodes.iter().map(|n| g.eval_dim(&n.ty.bytes(), &bind).unwrap_or(0).max(0) as u64).collect();
-        Some(crate::memory::peak_bytes(&g, &sizes, &crate::memory::kept(&g)))
+        crate::memory::peak_bytes(g, &sizes, &crate::memory::kept(g))
     };
-    let activations_peak_bytes = peak(&workload);
-    let activations_peak_bytes_without_recompute = workload.recipe.recompute.as_ref().and_then(|_| {
-        let mut without = workload.clone();
-        without.recipe.recompute = None;
-        peak(&without)
-    });
+    let has_recipe = !workload.recipe.name.is_empty();
+    let activations_peak_bytes = training.as_ref().filter(|_| has_recipe).map(peak);
+    let activations_peak_bytes_without_recompute =
+        workload.recipe.recompute.as_ref().filter(|_| has_recipe).and_then(|_| {
+            let mut w = workload.clone();
+            w.recipe.recompute = None;
+            crate::lower(graph.clone(), &w, crate::Lowering::Training).ok().map(|g| peak(&g))
+        });
     Report {
         model: instance.block_name.clone(),
         args,
@@ -144,7 +150,7 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
                 Kind::Adam { .. } | Kind::AdamW { .. } => 12,
             };
             let optimizer = trainable * per_param;
-            let train = forward + backward + optimizer;
+            let train = forward + backward.unwrap_or(0) + optimizer;
             Flops {
                 forward_per_token: forward / tokens,
                 forward_per_step: forward,
@@ -165,6 +171,30 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
         },
         workload,
     }
+}
+
+/// The FLOPs of a training graph's backward nodes: those that no output, aux loss or
+/// metric depends on (the forward is exactly what they depend on). A backward node that
+/// CSE merged into an equal forward node costs nothing here, as it costs nothing to run.
+fn backward_flops(g: &Graph, eval: &dyn Fn(&crate::graph::dim::Dim) -> u64) -> u64 {
+    let mut forward = vec![false; g.nodes.len()];
+    let roots = g.outputs.iter().chain(g.aux_losses.iter().chain(&g.metrics).map(|(_, v)| v));
+    for v in roots {
+        forward[v.0 as usize] = true;
+    }
+    for i in (0..g.nodes.len()).rev() {
+        if forward[i] {
+            for a in &g.nodes[i].args {
+                forward[a.0 as usize] = true;
+            }
+        }
+    }
+    let mut total = 0u64;
+    for (n, _) in g.nodes.iter().zip(&forward).filter(|(_, f)| !**f) {
+        let args: Vec<&crate::graph::types::TensorType> = n.args.iter().map(|a| g.ty(*a)).collect();
+        total += eval(&n.op.cost(&args, &n.ty).flops);
+    }
+    total
 }
 
 /// f32 optimizer state: Adam keeps two moments, SGD a momentum buffer if asked,
@@ -311,10 +341,12 @@ pub fn render(report: &Report) -> String {
     out.push_str(&format!("  forward per token      {:>24}\n", thousands(f.forward_per_token)));
     out.push_str(&format!("  forward per step       {:>24}\n", thousands(f.forward_per_step)));
     out.push_str(&format!("  attention per step     {:>24}\n", thousands(f.attention_per_step)));
-    out.push_str(&format!(
-        "  backward per step      {:>24}  (each op's vector-Jacobian product)\n",
-        thousands(f.backward_per_step)
-    ));
+    match f.backward_per_step {
+        Some(b) => {
+            out.push_str(&format!("  backward per step      {:>24}  (the backward graph's op costs)\n", thousands(b)))
+        }
+        None => out.push_str("  backward per step      (no training graph: the objective does not fit the model)\n"),
+    }
     out.push_str(&format!("  optimizer per step     {:>24}\n", thousands(f.optimizer_per_step)));
     out.push_str(&format!("  training step          {:>24}\n", thousands(f.train_step)));
     out.push_str(&format!("  training per token     {:>24}\n", thousands(f.train_step_per_token)));

@@ -383,8 +383,15 @@ impl Workload {
 }
 
 /// The stages after elaboration, in order: the objective's loss, the precision pass, the
-/// backward pass (seeded by the `loss_scale` input under mixed precision).
+/// backward pass (seeded by the `loss_scale` input under mixed precision), then the
+/// optimisation pipeline (`passes::PASSES`), which changes no result.
 pub fn lower(graph: graph::Graph, w: &Workload, to: Lowering) -> Result<graph::Graph, String> {
+    passes::pipeline(lower_unoptimized(graph, w, to)?)
+}
+
+/// `lower` without the optimisation pipeline: what `emit --after PASS` starts from, and
+/// the reference the passes are tested against.
+pub fn lower_unoptimized(graph: graph::Graph, w: &Workload, to: Lowering) -> Result<graph::Graph, String> {
     let graph = if to == Lowering::Outputs { graph } else { objective::apply(graph, w.recipe.objective.loss)? };
     let mixed = w.mixed_compute();
     let graph = match mixed {

@@ -20,18 +20,6 @@ pub enum Objective {
     SpanCorruption,
 }
 
-impl Objective {
-    /// The recipe's `objective = ...` word, or what is missing.
-    pub fn parse(name: &str) -> Result<Objective, String> {
-        match name {
-            "causal_lm" => Ok(Objective::CausalLm),
-            "mlm" => Ok(Objective::Mlm),
-            "span_corruption" => Ok(Objective::SpanCorruption),
-            other => Err(format!("unknown objective `{other}`; objectives are causal_lm, mlm and span_corruption")),
-        }
-    }
-}
-
 /// Appends `objective` to a model graph; the result's single output is the loss.
 pub fn apply(mut graph: Graph, objective: Objective) -> Result<Graph, String> {
     match objective {

@@ -170,8 +170,15 @@ impl Executable for InterpExecutable {
             self.traffic.to_host += t.data.len() as u64 * graph.ty(*v).dtype.size() as u64;
             out.push((name.clone(), HostTensor::new(t.shape.clone(), t.data.clone())));
         }
-        for (slot, v) in &c.updates {
-            self.buffers[*slot] = std::mem::replace(&mut values[v.0 as usize], Tensor::new(vec![0], Vec::new()));
+        // A value may update several buffers (CSE merges equal updates, e.g. the zeroed
+        // accumulators of parameters of one shape): moved at its last update, cloned before.
+        for (i, (slot, v)) in c.updates.iter().enumerate() {
+            let later = c.updates[i + 1..].iter().any(|(_, w)| w == v);
+            self.buffers[*slot] = if later {
+                values[v.0 as usize].clone()
+            } else {
+                std::mem::replace(&mut values[v.0 as usize], Tensor::new(vec![0], Vec::new()))
+            };
         }
         Ok(out)
     }

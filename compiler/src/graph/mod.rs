@@ -1,11 +1,14 @@
 //! The Graph IR: SSA values, each made by one node of one `Op`, with a `dtype[dims]`
 //! type. Leaves are data inputs, parameters (by checkpoint name) and buffers. The text
 //! form (`Display`) is deterministic, for `modelc emit --stage ir` and snapshots:
-//! `%7: f32[B, T, 256] = matmul %5, %6  // blocks.0.attn.wq`.
+//! `%7: f32[B, T, 256] = matmul %5, %6  // blocks.0.attn.wq`. `parse` reads it back and
+//! `verify` checks a graph's invariants.
 
 pub mod dim;
 pub mod op;
+pub mod parse;
 pub mod types;
+pub mod verify;
 
 use op::{Cost, Op};
 use std::fmt;

@@ -409,7 +409,13 @@ impl Op {
         let dims = |s: &[Dim]| shape_text(s);
         match self {
             Op::Input { name } | Op::Param { name } | Op::Buffer { name } => format!(" {name:?}"),
-            Op::Scalar { value } if value.fract() == 0.0 && value.abs() < 1e15 => format!(" {}", *value as i64),
+            // Whole numbers print as integers, except -0.0: `as i64` would lose its sign, and
+            // the text form must parse back to the same bits.
+            Op::Scalar { value }
+                if value.fract() == 0.0 && value.abs() < 1e15 && value.to_bits() != (-0.0f64).to_bits() =>
+            {
+                format!(" {}", *value as i64)
+            }
             Op::Scalar { value } => format!(" {value:?}"),
             Op::Arange { n } => format!(" n={n}"),
             Op::Softcap { cap } => format!(" cap={cap:?}"),
@@ -857,48 +863,6 @@ impl Op {
         }
     }
 
-    /// FLOPs of this op's vector-Jacobian product (its share of the backward pass), from
-    /// the argument and result types. It stands beside `cost` until autodiff derives the
-    /// backward graph, whose nodes' `cost` then replaces it.
-    pub fn backward_flops(&self, args: &[&TensorType], out: &TensorType) -> Dim {
-        let forward = self.cost(args, out).flops;
-        let per_out = |k: i64| out.numel().mul(&Dim::constant(k));
-        match self {
-            Op::Input { .. } | Op::Param { .. } | Op::Buffer { .. } | Op::Scalar { .. } | Op::Arange { .. } => {
-                Dim::constant(0)
-            }
-            // Integer results and pure movement pass gradients without arithmetic.
-            Op::OneHot { .. } | Op::Reshape { .. } | Op::Transpose { .. } | Op::Slice { .. } | Op::Concat { .. } => {
-                Dim::constant(0)
-            }
-            Op::Binary(b) if b.is_predicate() => Dim::constant(0),
-            Op::TopK { indices: true, .. } | Op::MoeLoad { .. } | Op::MoeOverflow { .. } => Dim::constant(0),
-            // The derivative, then the product with the incoming gradient.
-            Op::Unary(u) => per_out(u.flops() + 1),
-            // One product per differentiable operand.
-            Op::Binary(_) | Op::Where | Op::Cast { .. } | Op::Dropout { .. } => per_out(2),
-            Op::Noise { .. } => per_out(1),
-            Op::Softcap { .. } => per_out(4),
-            // Broadcast back over the reduced axes (and the statistics, for var/logsumexp).
-            Op::Reduce { kind: Reduce::Var | Reduce::LogSumExp, .. } => args[0].numel().mul(&Dim::constant(3)),
-            Op::Reduce { .. } => args[0].numel(),
-            Op::Softmax { .. } | Op::LogSoftmax { .. } => per_out(4),
-            // Reductions of a broadcast and scatters of a gather: one add per element.
-            Op::Broadcast { .. } | Op::Pad { .. } | Op::Embedding | Op::Gather { .. } | Op::Cumsum { .. } => {
-                out.numel()
-            }
-            Op::ScatterAdd { .. } => args[2].numel(),
-            Op::TopK { indices: false, .. } => out.numel(),
-            Op::CrossEntropy { .. } => args[0].numel().mul(&Dim::constant(3)),
-            // Two products of the forward's size: the gradients of both operands.
-            Op::MatMul | Op::Attention { .. } | Op::Lstm { .. } | Op::MoeDispatch | Op::MoeCombine => {
-                forward.mul(&Dim::constant(2))
-            }
-            Op::MoeRoute { .. } => args[0].numel().mul(&Dim::constant(4)),
-            Op::MoeBalance { .. } | Op::MoeZLoss => args[0].numel().mul(&Dim::constant(2)),
-        }
-    }
-
     /// FLOPs and bytes moved, from the argument and result types.
     pub fn cost(&self, args: &[&TensorType], out: &TensorType) -> Cost {
         let moved = args.iter().fold(out.bytes(), |acc, a| acc.add(&a.bytes()));
@@ -957,5 +921,52 @@ impl Op {
             Op::MoeZLoss => args[0].numel().mul(&Dim::constant(6)),
         };
         Cost { flops, bytes: moved }
+    }
+}
+
+/// Properties the Graph IR passes ask about (`passes/`), so no pass lists variants itself.
+impl Op {
+    /// Draws from a random stream (`dropout`, `noise`): its value depends on the run's
+    /// seed and on training mode, not only on its arguments.
+    pub fn is_random(&self) -> bool {
+        match self {
+            Op::Dropout { .. } | Op::Noise { .. } => true,
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Buffer { .. }
+            | Op::Scalar { .. }
+            | Op::Arange { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Softcap { .. }
+            | Op::Cast { .. }
+            | Op::Reduce { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::MatMul
+            | Op::Attention { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Broadcast { .. }
+            | Op::Pad { .. }
+            | Op::Embedding
+            | Op::Gather { .. }
+            | Op::ScatterAdd { .. }
+            | Op::TopK { .. }
+            | Op::OneHot { .. }
+            | Op::Cumsum { .. }
+            | Op::CrossEntropy { .. }
+            | Op::Lstm { .. }
+            | Op::MoeRoute { .. }
+            | Op::MoeDispatch
+            | Op::MoeCombine
+            | Op::MoeBalance { .. }
+            | Op::MoeZLoss
+            | Op::MoeLoad { .. }
+            | Op::MoeOverflow { .. } => false,
+        }
     }
 }

@@ -80,7 +80,8 @@ pub fn apply_graph(params: &[(String, Vec<usize>)], spec: &ApplySpec) -> Result<
     }
     graph.updates = updates;
     graph.outputs = vec![norm];
-    Ok(graph)
+    // Verified after every pass in debug builds; the output is the norm still.
+    crate::passes::pipeline(graph)
 }
 
 fn dims(shape: &[usize]) -> Vec<Dim> {

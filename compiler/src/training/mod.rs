@@ -41,7 +41,7 @@ pub struct StepProgram {
 /// every trainable parameter (in f64, as the host accumulated). Returns the loss, every
 /// aux loss and every metric, by name.
 pub fn step_program(mut graph: Graph) -> Result<StepProgram, String> {
-    let loss = *graph.outputs.first().ok_or("the training graph has no loss")?;
+    graph.outputs.first().ok_or("the training graph has no loss")?;
     let grads = graph.grads.clone();
     let mut b = Builder::new(&mut graph, "step");
     let micro = b.input(names::MICRO_SCALE, DType::F64, &[]);
@@ -55,6 +55,9 @@ pub fn step_program(mut graph: Graph) -> Result<StepProgram, String> {
         updates.push((grad_buffer(name), sum));
     }
     graph.updates.extend(updates);
+    // The tail goes through the pipeline too (verified after every pass in debug builds).
+    let graph = crate::passes::pipeline(graph)?;
+    let loss = graph.outputs[0];
     let mut returns = vec![(names::LOSS.to_string(), loss)];
     returns.extend(graph.aux_losses.iter().chain(&graph.metrics).cloned());
     Ok(StepProgram { graph, returns })

@@ -1,0 +1,169 @@
+//! Graph IR → `Ok` or the first broken invariant, naming the bad node. Runs after every
+//! pass in debug builds and tests (`passes::pipeline`), and on every parsed fixture.
+//!
+//! Invariants: arguments refer to earlier nodes (SSA order, so one forward sweep
+//! evaluates the graph); each node's type is what `Op::infer` gives for its arguments'
+//! types (leaves declare theirs); outputs, aux losses, metrics, gradients and updates name
+//! existing nodes; each update names a `param` leaf of this graph once, with its type.
+
+use super::op::Op;
+use super::types::TensorType;
+use super::{Graph, ValueId};
+use std::collections::HashSet;
+use std::fmt;
+
+/// A broken invariant, at a node when one is to blame.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifyError {
+    pub node: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for VerifyError {}
+
+/// `%12 (matmul in blocks.0.attn.wq)`: how messages name a node.
+fn describe(g: &Graph, i: usize) -> String {
+    let n = &g.nodes[i];
+    if n.scope.is_empty() {
+        format!("%{i} ({})", n.op.name())
+    } else {
+        format!("%{i} ({} in {})", n.op.name(), n.scope)
+    }
+}
+
+pub fn verify(g: &Graph) -> Result<(), VerifyError> {
+    for (i, node) in g.nodes.iter().enumerate() {
+        let bad = |message: String| VerifyError { node: Some(i), message: format!("{}: {message}", describe(g, i)) };
+        if let Some(a) = node.args.iter().find(|a| a.0 as usize >= i) {
+            return Err(bad(format!("argument %{} is not an earlier node", a.0)));
+        }
+        match &node.op {
+            // Leaves declare their types; a scalar constant may have any dtype.
+            Op::Input { .. } | Op::Param { .. } | Op::Buffer { .. } | Op::Scalar { .. } if !node.args.is_empty() => {
+                return Err(bad(format!("a leaf takes no arguments, found {}", node.args.len())));
+            }
+            Op::Input { .. } | Op::Param { .. } | Op::Buffer { .. } => {}
+            Op::Scalar { .. } if node.ty.rank() != 0 => {
+                return Err(bad(format!("a scalar has type {}[], found {}", node.ty.dtype.name(), node.ty)));
+            }
+            Op::Scalar { .. } => {}
+            op => {
+                let args: Vec<&TensorType> = node.args.iter().map(|a| g.ty(*a)).collect();
+                match op.infer(&args) {
+                    Ok(ty) if ty == node.ty => {}
+                    Ok(ty) => return Err(bad(format!("its type is {}, but its arguments give {ty}", node.ty))),
+                    Err(why) => return Err(bad(why)),
+                }
+            }
+        }
+    }
+    let exists = |what: &str, v: ValueId| -> Result<(), VerifyError> {
+        if (v.0 as usize) < g.nodes.len() {
+            Ok(())
+        } else {
+            Err(VerifyError { node: None, message: format!("{what} is %{}, which is not a node", v.0) })
+        }
+    };
+    for o in &g.outputs {
+        exists("an output", *o)?;
+    }
+    let named = [("aux_loss", &g.aux_losses), ("metric", &g.metrics), ("grad", &g.grads), ("update", &g.updates)];
+    for (kind, list) in named {
+        for (name, v) in list {
+            exists(&format!("{kind} `{name}`"), *v)?;
+        }
+    }
+    let mut updated = HashSet::new();
+    for (name, v) in &g.updates {
+        if !updated.insert(name.as_str()) {
+            return Err(VerifyError { node: None, message: format!("`{name}` is updated twice") });
+        }
+        let param = g.nodes.iter().position(|n| matches!(&n.op, Op::Param { name: p } if p == name));
+        let Some(p) = param else {
+            return Err(VerifyError { node: None, message: format!("update `{name}` names no `param` of this graph") });
+        };
+        if g.nodes[p].ty != *g.ty(*v) {
+            return Err(VerifyError {
+                node: Some(v.0 as usize),
+                message: format!(
+                    "update `{name}` = {} has type {}, but the parameter is {}",
+                    describe(g, v.0 as usize),
+                    g.ty(*v),
+                    g.nodes[p].ty
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::parse::parse;
+
+    fn check(text: &str) -> Result<(), String> {
+        verify(&parse(text).expect("parses")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_well_formed_graph_verifies() {
+        let text = "\
+%0: f32[B, 4] = input \"x\"
+%1: f32[4] = param \"w\"
+%2: f32[B, 4] = mul %0, %1  // layer
+%3: bf16[] = scalar 2
+%4: f32[] = sum %2 axes=[0, 1] keepdim=false
+update w = %1
+return %4
+";
+        assert_eq!(check(text), Ok(()));
+    }
+
+    #[test]
+    fn each_invariant_names_the_bad_node() {
+        let cases = [
+            // A wrong type.
+            (
+                "%0: f32[4] = input \"x\"\n%1: f32[5] = neg %0  // layer\nreturn %1\n",
+                "%1 (neg in layer): its type is f32[5], but its arguments give f32[4]",
+            ),
+            // Use before definition.
+            (
+                "%0: f32[4] = neg %1\n%1: f32[4] = input \"x\"\nreturn %0\n",
+                "%0 (neg): argument %1 is not an earlier node",
+            ),
+            ("%0: f32[4] = neg %0\nreturn %0\n", "argument %0 is not an earlier node"),
+            // The shape rule's own message.
+            (
+                "%0: f32[4] = input \"x\"\n%1: f32[4] = matmul %0, %0\nreturn %1\n",
+                "%1 (matmul): `@` needs two matrices",
+            ),
+            ("%0: f32[4] = scalar 1\nreturn %0\n", "%0 (scalar): a scalar has type f32[], found f32[4]"),
+            ("%0: f32[] = scalar 1\n%1: f32[] = param %0 \"w\"\nreturn %1\n", "a leaf takes no arguments"),
+            // Dangling references.
+            ("%0: f32[] = scalar 1\nreturn %3\n", "an output is %3"),
+            ("%0: f32[] = scalar 1\ngrad w = %1\nreturn %0\n", "grad `w` is %1"),
+            ("%0: f32[] = scalar 1\nmetric m = %9\nreturn %0\n", "metric `m` is %9"),
+            ("%0: f32[] = scalar 1\naux_loss z = %9\nreturn %0\n", "aux_loss `z` is %9"),
+            ("%0: f32[] = scalar 1\nupdate w = %9\nreturn %0\n", "update `w` is %9"),
+            // Updates.
+            ("%0: f32[] = scalar 1\nupdate w = %0\nreturn %0\n", "update `w` names no `param`"),
+            (
+                "%0: f32[4] = param \"w\"\n%1: f32[] = scalar 1\nupdate w = %1\nreturn %0\n",
+                "has type f32[], but the parameter is f32[4]",
+            ),
+            ("%0: f32[] = param \"w\"\nupdate w = %0\nupdate w = %0\nreturn %0\n", "`w` is updated twice"),
+        ];
+        for (text, want) in cases {
+            let got = check(text).expect_err(text);
+            assert!(got.contains(want), "{text}\ngot: {got}\nwant: {want}");
+        }
+    }
+}
