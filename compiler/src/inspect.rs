@@ -105,7 +105,8 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
         if matches!(n.op, Op::Attention { .. }) {
             attention += flops;
         }
-        if !matches!(n.op, Op::Param { .. } | Op::Input { .. } | Op::Scalar { .. } | Op::Reshape { .. }) {
+        // The caller's buffers, constants and views of other values take no memory of their own.
+        if !(n.op.is_external() || n.op.is_view() || matches!(n.op, Op::Scalar { .. })) {
             activations += eval(&n.ty.bytes());
         }
     }

@@ -35,7 +35,7 @@ pub fn kept(graph: &Graph) -> Vec<ValueId> {
 
 /// Whether a node's value counts as activation memory (not a parameter or input buffer).
 pub fn is_activation(op: &Op) -> bool {
-    !matches!(op, Op::Param { .. } | Op::Input { .. } | Op::Buffer { .. })
+    !op.is_external()
 }
 
 /// The peak of live activation bytes when `graph` runs in order and frees each value after

@@ -1262,45 +1262,13 @@ impl<'a> Builder<'a> {
         span: Span,
     ) -> Result<ValueId, Error> {
         let rank = node.ty.rank();
-        let shift = |a: usize| a + 1;
-        let lifted_op = match op {
-            Op::Unary(_)
-            | Op::Binary(_)
-            | Op::Where
-            | Op::Softcap { .. }
-            | Op::Cast { .. }
-            | Op::Dropout { .. }
-            | Op::Noise { .. }
-            | Op::MatMul
-            | Op::Embedding => op.clone(),
-            Op::Reduce { kind, axes, keepdim } => {
-                Op::Reduce { kind: *kind, axes: axes.iter().map(|a| shift(*a)).collect(), keepdim: *keepdim }
-            }
-            Op::Softmax { axis } => Op::Softmax { axis: shift(*axis) },
-            Op::LogSoftmax { axis } => Op::LogSoftmax { axis: shift(*axis) },
-            Op::Cumsum { axis } => Op::Cumsum { axis: shift(*axis) },
-            Op::Slice { axis, start, end } => Op::Slice { axis: shift(*axis), start: start.clone(), end: end.clone() },
-            Op::Concat { axis } => Op::Concat { axis: shift(*axis) },
-            Op::Transpose { perm } => {
-                Op::Transpose { perm: std::iter::once(0).chain(perm.iter().map(|p| p + 1)).collect() }
-            }
-            Op::Reshape { shape } | Op::Broadcast { shape } => {
-                let mut s = vec![Dim::constant(n)];
-                s.extend(shape.iter().cloned());
-                if matches!(op, Op::Reshape { .. }) {
-                    Op::Reshape { shape: s }
-                } else {
-                    Op::Broadcast { shape: s }
-                }
-            }
-            other => {
-                return Err(self.err(
-                    frame,
-                    Diagnostic::error(format!("`{}` inside stacked copies is not supported yet", other.name()), span)
-                        .with_label("in this stacked call")
-                        .with_help("stacked copies (experts) may use elementwise ops, reductions, movement and `@`"),
-                ))
-            }
+        let Some(lifted_op) = op.batched(&Dim::constant(n)) else {
+            return Err(self.err(
+                frame,
+                Diagnostic::error(format!("`{}` inside stacked copies is not supported yet", op.name()), span)
+                    .with_label("in this stacked call")
+                    .with_help("stacked copies (experts) may use elementwise ops, reductions, movement and `@`"),
+            ));
         };
         let mut ids = Vec::with_capacity(args.len());
         for (i, (a, lifted)) in args.iter().enumerate() {
@@ -1310,21 +1278,12 @@ impl<'a> Builder<'a> {
                 (true, Some(r)) => {
                     let ty = self.ty(*a).clone();
                     let per_copy_rank = ty.rank() - 1;
-                    let aligned_rank = match op {
-                        Op::Reshape { .. }
-                        | Op::Transpose { .. }
-                        | Op::Reduce { .. }
-                        | Op::Slice { .. }
-                        | Op::Softmax { .. }
-                        | Op::LogSoftmax { .. }
-                        | Op::Cumsum { .. }
-                        | Op::Cast { .. }
-                        | Op::Dropout { .. }
-                        | Op::Noise { .. }
-                        | Op::Softcap { .. }
-                        | Op::Unary(_) => per_copy_rank,
-                        _ => r,
-                    };
+                    // Operands that broadcast (elementwise ops, `@`'s batch dims, `broadcast`)
+                    // get unit axes after the copy axis up to the node's rank, so that the
+                    // copy axis stays leading; other operands keep their own rank (a
+                    // reshape's, an embedding's ids).
+                    let broadcasts = op.is_elementwise() || matches!(op, Op::MatMul | Op::Broadcast { .. });
+                    let aligned_rank = if broadcasts { r } else { per_copy_rank };
                     if per_copy_rank < aligned_rank {
                         let mut shape = vec![ty.shape[0].clone()];
                         shape.extend(std::iter::repeat_n(Dim::constant(1), aligned_rank - per_copy_rank));
