@@ -6,10 +6,13 @@
 //! - `calls`: statements, sub-block calls (inlined under their scope), P-tuning;
 //! - `expr`: names, members, operators;
 //! - `signature`: declared types unified with the values passed (`B`, `T`, `...`);
-//! - `primitives`: the one table of primitives (signatures, builders, did-you-mean);
+//! - `primitives`: the one table of primitives (signatures, builders, did-you-mean),
+//!   with the builders in `builders` and `attention_moe`;
 //! - `stack`: `stack(n)` calls lifted to a leading copy axis;
 //! - `einops`: `rearrange` patterns → reshape/transpose plans.
 
+mod attention_moe;
+mod builders;
 mod calls;
 pub mod einops;
 pub mod eval;

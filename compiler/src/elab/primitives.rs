@@ -1,705 +1,598 @@
-//! Primitive calls → Graph IR nodes: each primitive's arguments are checked against its
-//! signature, then built into `Op` nodes whose shape rule checks the shapes.
+//! Primitive calls → checked arguments → Graph IR: `PRIMITIVES` is the one table of the
+//! primitives `forward` can call, each with its signature (which arguments, passed how,
+//! of which type, with which default) and its builder. Binding a call against the table
+//! is where extra positionals, unknown or repeated keywords, missing arguments and
+//! ill-typed values are rejected (at the argument), and the same table feeds
+//! "did you mean" for unknown names; the builders (`builders`, `attention_moe`) then
+//! read typed values and make `Op` nodes, whose shape rules check the shapes.
 
-use super::einops;
 use super::forward::{member_name, Builder, Frame, RValue};
 use super::value::Value;
 use crate::error::{suggest, Error};
 use crate::graph::dim::Dim;
-use crate::graph::op::{Binary, Op, Reduce, Unary};
-use crate::graph::types::{DType, TensorType};
-use crate::graph::{DimDef, ValueId};
+use crate::graph::op::{Op, Reduce, Unary};
+use crate::graph::types::DType;
+use crate::graph::ValueId;
 use modelc_grammar::ast::Span;
 use modelc_grammar::Diagnostic;
-use std::collections::HashMap;
 
-impl Builder<'_> {
-    /// The capacity `ceil(cf · k · N / E)` as a dim: a constant when `N` is, otherwise
-    /// a named dim whose formula the graph records.
-    pub(super) fn capacity_dim(&mut self, cf: f64, k: i64, n: &Dim, e: &Dim) -> Dim {
-        if let (Some(n), Some(e)) = (n.as_constant(), e.as_constant()) {
-            return Dim::constant((cf * k as f64 * n as f64 / e as f64).ceil() as i64);
+/// One primitive: its name, its signature and how it is built.
+pub(super) struct Primitive {
+    pub name: &'static str,
+    /// In positional order (keyword-only ones anywhere: order is for positionals only).
+    pub params: &'static [Param],
+    /// Keyword arguments beyond `params`, and their type: `rearrange`'s axis sizes.
+    pub rest: Option<Ty>,
+    pub build: Build,
+}
+
+/// One parameter of a primitive's signature.
+pub(super) struct Param {
+    pub name: &'static str,
+    pub pass: Pass,
+    pub ty: Ty,
+    pub default: Default,
+}
+
+/// How an argument may be given.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pass {
+    Positional,
+    Keyword,
+    /// Either way: `dropout(x, 0.1)` or `dropout(x, p: 0.1)`.
+    Either,
+}
+
+/// What an argument must be. Compile-time types are checked when the call is bound;
+/// `Tensor` also takes a number (a scalar) and is checked when it is built.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Ty {
+    Tensor,
+    /// A list or tuple of tensors.
+    Tensors,
+    /// The route that `moe_route` returns.
+    Route,
+    Int,
+    /// An integer of at least 1 (a count: `k`, `n`, a window).
+    Positive,
+    /// An integer of at least 0 (an amount: padding).
+    Natural,
+    /// A compile-time number, integer or float.
+    Number,
+    /// A finite number above 0 (a cap, a capacity factor).
+    PositiveNumber,
+    /// A number in [0, 1) (a probability that keeps something).
+    Fraction,
+    Bool,
+    /// One axis: an integer, negative counting from the end.
+    Axis,
+    /// An axis or a tuple of axes.
+    Axes,
+    /// An integer or a dim bound by a signature (`T`).
+    Dim,
+    /// A list of dims: `[B, T, d]`.
+    Shape,
+    DType,
+    Str,
+    /// One of these words (`approx: tanh`).
+    Word(&'static [&'static str]),
+}
+
+/// The value of an argument that is not given (or given as `none`).
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Default {
+    /// The argument must be given.
+    Required,
+    /// No value: the builder decides (all axes, no window, the full length).
+    Absent,
+    Int(i64),
+    Number(f64),
+    Bool(bool),
+}
+
+/// How a primitive becomes nodes: one elementwise op, one reduction, or a function.
+pub(super) enum Build {
+    Unary(Unary),
+    Reduce(Reduce),
+    Fn(BuildFn),
+}
+
+pub(super) type BuildFn = fn(&mut Builder<'_>, &Call, &Frame<'_>) -> Result<RValue, Error>;
+
+const fn pos(name: &'static str, ty: Ty) -> Param {
+    Param { name, pass: Pass::Positional, ty, default: Default::Required }
+}
+
+const fn opt_pos(name: &'static str, ty: Ty) -> Param {
+    Param { name, pass: Pass::Positional, ty, default: Default::Absent }
+}
+
+const fn kw(name: &'static str, ty: Ty, default: Default) -> Param {
+    Param { name, pass: Pass::Keyword, ty, default }
+}
+
+const fn either(name: &'static str, ty: Ty, default: Default) -> Param {
+    Param { name, pass: Pass::Either, ty, default }
+}
+
+const X: Param = pos("x", Ty::Tensor);
+const KEEPDIM: Param = kw("keepdim", Ty::Bool, Default::Bool(false));
+const REDUCE: &[Param] = &[X, kw("axis", Ty::Axes, Default::Absent), KEEPDIM];
+const LAST_AXIS: Param = kw("axis", Ty::Axis, Default::Int(-1));
+
+const fn unary(name: &'static str, u: Unary) -> Primitive {
+    Primitive { name, params: &[X], rest: None, build: Build::Unary(u) }
+}
+
+const fn reduce(name: &'static str, kind: Reduce) -> Primitive {
+    Primitive { name, params: REDUCE, rest: None, build: Build::Reduce(kind) }
+}
+
+const fn prim(name: &'static str, params: &'static [Param], build: BuildFn) -> Primitive {
+    Primitive { name, params, rest: None, build: Build::Fn(build) }
+}
+
+use super::attention_moe as am;
+use super::builders as b;
+
+/// Every primitive of `forward` (docs/language.md §8), in the order of that table.
+pub(super) static PRIMITIVES: &[Primitive] = &[
+    // ---- elementwise
+    unary("exp", Unary::Exp),
+    unary("log", Unary::Log),
+    unary("sqrt", Unary::Sqrt),
+    unary("rsqrt", Unary::Rsqrt),
+    unary("tanh", Unary::Tanh),
+    unary("erf", Unary::Erf),
+    unary("sigmoid", Unary::Sigmoid),
+    unary("sin", Unary::Sin),
+    unary("cos", Unary::Cos),
+    unary("abs", Unary::Abs),
+    unary("relu", Unary::Relu),
+    unary("silu", Unary::Silu),
+    unary("neg", Unary::Neg),
+    prim("gelu", &[X, kw("approx", Ty::Word(&["tanh"]), Default::Absent)], b::gelu),
+    prim("softcap", &[X, pos("cap", Ty::PositiveNumber)], b::softcap),
+    prim("cast", &[X, pos("dtype", Ty::DType)], b::cast),
+    prim("pow", &[X, pos("y", Ty::Tensor)], b::pow),
+    prim("where", &[pos("cond", Ty::Tensor), pos("a", Ty::Tensor), pos("b", Ty::Tensor)], b::where_),
+    prim("dropout", &[X, either("p", Ty::Fraction, Default::Number(0.0))], b::dropout),
+    // ---- reductions (`min`/`max` with two tensors are elementwise)
+    reduce("sum", Reduce::Sum),
+    reduce("mean", Reduce::Mean),
+    reduce("var", Reduce::Var),
+    reduce("logsumexp", Reduce::LogSumExp),
+    prim("max", &[X, opt_pos("y", Ty::Tensor), kw("axis", Ty::Axes, Default::Absent), KEEPDIM], b::max),
+    prim("min", &[X, opt_pos("y", Ty::Tensor), kw("axis", Ty::Axes, Default::Absent), KEEPDIM], b::min),
+    prim("softmax", &[X, LAST_AXIS], b::softmax),
+    prim("log_softmax", &[X, LAST_AXIS], b::log_softmax),
+    // ---- contractions
+    prim(
+        "attention",
+        &[
+            pos("q", Ty::Tensor),
+            pos("k", Ty::Tensor),
+            pos("v", Ty::Tensor),
+            kw("causal", Ty::Bool, Default::Bool(false)),
+            kw("window", Ty::Positive, Default::Absent),
+            kw("softcap", Ty::PositiveNumber, Default::Absent),
+            kw("scale", Ty::Number, Default::Absent),
+            kw("bias", Ty::Tensor, Default::Absent),
+        ],
+        am::attention,
+    ),
+    // ---- movement
+    Primitive {
+        name: "rearrange",
+        params: &[X, pos("pattern", Ty::Str)],
+        rest: Some(Ty::Dim),
+        build: Build::Fn(b::rearrange),
+    },
+    prim("reshape", &[X, pos("shape", Ty::Shape)], b::reshape),
+    prim("transpose", &[X, opt_pos("a", Ty::Axes), opt_pos("b", Ty::Axes)], b::transpose),
+    prim("concat", &[pos("tensors", Ty::Tensors), kw("axis", Ty::Axis, Default::Int(0))], b::concat),
+    prim("split", &[X, pos("n", Ty::Positive), LAST_AXIS], b::split),
+    prim(
+        "slice",
+        &[
+            X,
+            kw("axis", Ty::Axis, Default::Int(0)),
+            kw("start", Ty::Dim, Default::Int(0)),
+            kw("end", Ty::Dim, Default::Absent),
+        ],
+        b::slice,
+    ),
+    prim("broadcast_to", &[X, pos("shape", Ty::Shape)], b::broadcast),
+    prim("broadcast", &[X, pos("shape", Ty::Shape)], b::broadcast),
+    prim(
+        "pad",
+        &[
+            X,
+            LAST_AXIS,
+            kw("before", Ty::Natural, Default::Int(0)),
+            kw("after", Ty::Natural, Default::Int(0)),
+            kw("value", Ty::Number, Default::Number(0.0)),
+        ],
+        b::pad,
+    ),
+    // ---- indexing
+    prim("arange", &[pos("start", Ty::Dim), opt_pos("end", Ty::Dim), opt_pos("step", Ty::Dim)], b::arange),
+    prim("embedding", &[pos("table", Ty::Tensor), pos("ids", Ty::Tensor)], b::embedding),
+    prim("gather", &[X, pos("index", Ty::Tensor), LAST_AXIS], b::gather),
+    prim("scatter_add", &[X, pos("index", Ty::Tensor), pos("src", Ty::Tensor), LAST_AXIS], b::scatter_add),
+    prim("one_hot", &[pos("ids", Ty::Tensor), either("n", Ty::Positive, Default::Required)], b::one_hot),
+    prim("topk", &[X, either("k", Ty::Positive, Default::Required)], b::topk),
+    prim("cumsum", &[X, LAST_AXIS], b::cumsum),
+    // ---- losses
+    prim(
+        "cross_entropy",
+        &[pos("logits", Ty::Tensor), pos("targets", Ty::Tensor), kw("ignore", Ty::Int, Default::Int(-100))],
+        am::cross_entropy,
+    ),
+    // ---- mixture of experts
+    prim(
+        "moe_route",
+        &[
+            pos("logits", Ty::Tensor),
+            kw("k", Ty::Positive, Default::Required),
+            kw("capacity", Ty::PositiveNumber, Default::Absent),
+            kw("noise", Ty::Number, Default::Number(0.0)),
+        ],
+        am::moe_route,
+    ),
+    prim("moe_dispatch", &[pos("route", Ty::Route), pos("x", Ty::Tensor)], am::moe_dispatch),
+    prim("moe_combine", &[pos("route", Ty::Route), pos("y", Ty::Tensor)], am::moe_combine),
+    prim("moe_balance", &[pos("route", Ty::Route)], am::moe_balance),
+    prim("moe_zloss", &[pos("logits", Ty::Tensor)], am::moe_zloss),
+    // ---- recurrence
+    prim(
+        "lstm",
+        &[
+            X,
+            pos("w_ih", Ty::Tensor),
+            pos("w_hh", Ty::Tensor),
+            pos("bias", Ty::Tensor),
+            kw("reverse", Ty::Bool, Default::Bool(false)),
+        ],
+        am::lstm,
+    ),
+];
+
+impl Ty {
+    /// What the type is, for messages: "`k` must be {this}".
+    fn describe(self) -> String {
+        match self {
+            Ty::Tensor => "a tensor".into(),
+            Ty::Tensors => "a list of tensors".into(),
+            Ty::Route => "the route of `moe_route`".into(),
+            Ty::Int => "an integer".into(),
+            Ty::Positive => "a positive integer".into(),
+            Ty::Natural => "a non-negative integer".into(),
+            Ty::Number => "a number".into(),
+            Ty::PositiveNumber => "a positive number".into(),
+            Ty::Fraction => "a number in [0, 1)".into(),
+            Ty::Bool => "`true` or `false`".into(),
+            Ty::Axis => "an axis (a compile-time integer)".into(),
+            Ty::Axes => "an axis or a tuple of axes (compile-time integers)".into(),
+            Ty::Dim => "an integer or a dim".into(),
+            Ty::Shape => "a shape list of dims, as in `[B, T, d]`".into(),
+            Ty::DType => "a dtype: f32, f16, bf16, i32, i64 or bool".into(),
+            Ty::Str => "a string".into(),
+            Ty::Word(words) => {
+                let words: Vec<String> = words.iter().map(|w| format!("`{w}`")).collect();
+                format!("`none` or {}", words.join(", "))
+            }
         }
-        let same = |d: &&DimDef| d.capacity == cf && d.k == k && d.tokens == *n && d.experts == *e;
-        if let Some(def) = self.graph.dim_defs.iter().find(same) {
-            return Dim::symbol(&def.name);
-        }
-        let name = format!("C{}", self.graph.dim_defs.len());
-        self.graph.dim_defs.push(DimDef { name: name.clone(), capacity: cf, k, tokens: n.clone(), experts: e.clone() });
-        Dim::symbol(&name)
     }
 
+    /// Whether a given value (not `none`) has this type. A `Tensor` is checked when built.
+    fn accepts(self, v: &RValue) -> bool {
+        let number = |v: &RValue| match v {
+            RValue::Static(Value::Int(i)) => Some(*i as f64),
+            RValue::Static(Value::Float(x)) => Some(*x),
+            _ => None,
+        };
+        let int = |v: &RValue| match v {
+            RValue::Static(Value::Int(i)) => Some(*i),
+            _ => None,
+        };
+        match self {
+            Ty::Tensor => true,
+            Ty::Tensors => matches!(v, RValue::List(_) | RValue::Tuple(_)),
+            Ty::Route => matches!(v, RValue::Route { .. }),
+            Ty::Int | Ty::Axis => int(v).is_some(),
+            Ty::Positive => int(v).is_some_and(|i| i >= 1),
+            Ty::Natural => int(v).is_some_and(|i| i >= 0),
+            Ty::Number => number(v).is_some(),
+            Ty::PositiveNumber => number(v).is_some_and(|x| x > 0.0 && x.is_finite()),
+            Ty::Fraction => number(v).is_some_and(|x| (0.0..1.0).contains(&x)),
+            Ty::Bool => matches!(v, RValue::Static(Value::Bool(_))),
+            Ty::Axes => static_ints(v).is_some(),
+            Ty::Dim => matches!(v, RValue::Static(Value::Int(_)) | RValue::Dim(_)),
+            Ty::Shape => shape_of(v).is_some(),
+            Ty::DType => matches!(v, RValue::Static(Value::Symbol(s)) if DType::parse(s).is_some()),
+            Ty::Str => matches!(v, RValue::Static(Value::Str(_))),
+            Ty::Word(words) => matches!(v, RValue::Static(Value::Symbol(s)) if words.contains(&s.as_str())),
+        }
+    }
+}
+
+/// What a value is, for messages: "found {this}".
+fn found(v: &RValue) -> String {
+    match v {
+        RValue::Tensor(_) => "a tensor".into(),
+        RValue::Static(Value::Int(i)) => format!("{i}"),
+        RValue::Static(Value::Float(x)) => format!("{x:?}"),
+        RValue::Static(Value::Symbol(s)) => format!("`{s}`"),
+        RValue::Static(Value::Str(s)) => format!("the string {s:?}"),
+        RValue::Static(other) => other.kind().into(),
+        RValue::Dim(d) => format!("the dim {d}"),
+        RValue::Tuple(_) | RValue::List(_) => "a tuple or list".into(),
+        RValue::Route { .. } => "a route".into(),
+    }
+}
+
+/// A primitive call with its arguments bound to the signature.
+pub(super) struct Call {
+    pub prim: &'static Primitive,
+    /// The whole call, where a missing argument is reported.
+    pub span: Span,
+    /// Each parameter's value and where it was written, in `prim.params` order; `None`
+    /// when not given (or given as `none` where there is a default).
+    values: Vec<Option<(RValue, Span)>>,
+    /// The keyword arguments `rest` takes, in call order.
+    pub rest: Vec<(String, RValue, Span)>,
+}
+
+impl Call {
+    fn index(&self, name: &str) -> Option<usize> {
+        self.prim.params.iter().position(|p| p.name == name)
+    }
+
+    /// The value given for `name`, if any.
+    pub fn get(&self, name: &str) -> Option<(&RValue, Span)> {
+        let i = self.index(name)?;
+        self.values[i].as_ref().map(|(v, s)| (v, *s))
+    }
+
+    /// Where `name` was written, or the call when it was not.
+    pub fn span_of(&self, name: &str) -> Span {
+        self.get(name).map_or(self.span, |(_, s)| s)
+    }
+
+    fn default(&self, name: &str) -> Default {
+        self.index(name).map_or(Default::Absent, |i| self.prim.params[i].default)
+    }
+
+    /// An `Int`-like argument, or its default; `None` when absent without one.
+    pub fn int(&self, name: &str) -> Option<i64> {
+        match (self.get(name), self.default(name)) {
+            (Some((RValue::Static(Value::Int(i)), _)), _) => Some(*i),
+            (None, Default::Int(d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// A `Number`-like argument (integers widen), or its default.
+    pub fn number(&self, name: &str) -> Option<f64> {
+        match (self.get(name), self.default(name)) {
+            (Some((RValue::Static(Value::Int(i)), _)), _) => Some(*i as f64),
+            (Some((RValue::Static(Value::Float(x)), _)), _) => Some(*x),
+            (None, Default::Number(d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn bool(&self, name: &str) -> bool {
+        match (self.get(name), self.default(name)) {
+            (Some((RValue::Static(Value::Bool(b)), _)), _) => *b,
+            (None, Default::Bool(d)) => d,
+            _ => false,
+        }
+    }
+
+    /// A `Dim` argument (an integer or a bound dim), or its default.
+    pub fn dim(&self, name: &str) -> Option<Dim> {
+        match self.get(name) {
+            Some((RValue::Static(Value::Int(i)), _)) => Some(Dim::constant(*i)),
+            Some((RValue::Dim(d), _)) => Some(d.clone()),
+            _ => self.int(name).map(Dim::constant),
+        }
+    }
+
+    /// A `Shape` argument.
+    pub fn shape(&self, name: &str) -> Option<Vec<Dim>> {
+        self.get(name).and_then(|(v, _)| shape_of(v))
+    }
+}
+
+impl Builder<'_> {
+    /// A call of the primitive `name`: bound against its signature, then built. An
+    /// unknown name gets "did you mean" over the primitives and the block's members.
     pub(super) fn primitive(
         &mut self,
         name: &str,
         name_span: Span,
         args: &[(Option<String>, RValue, Span)],
-        frame: &mut Frame,
+        frame: &Frame,
         span: Span,
     ) -> Result<RValue, Error> {
-        let pos: Vec<&(Option<String>, RValue, Span)> = args.iter().filter(|a| a.0.is_none()).collect();
-        if let Some((_, max_pos, names)) = SIGNATURES.iter().find(|(n, _, _)| *n == name) {
-            if pos.len() > *max_pos {
-                return Err(self.err(
-                    frame,
-                    Diagnostic::error(
-                        format!("`{name}` takes at most {max_pos} positional argument(s)"),
-                        pos[*max_pos].2,
-                    )
-                    .with_label("extra argument"),
-                ));
-            }
-            for (key, _, kspan) in args.iter().filter(|a| a.0.is_some()) {
-                let key = key.as_deref().unwrap_or_default();
-                if !names.contains(&key) && !names.contains(&"*") {
-                    let mut d = Diagnostic::error(format!("`{name}` has no option `{key}`"), *kspan)
-                        .with_label("unknown keyword argument");
-                    d = d.with_help(match suggest(key, names.iter().copied()) {
-                        Some(s) => format!("did you mean `{s}`?"),
-                        None if names.is_empty() => format!("`{name}` takes no keyword arguments"),
-                        None => format!("its options are {}", names.join(", ")),
-                    });
-                    return Err(self.err(frame, d));
-                }
-            }
-        }
-        let named = |key: &str| args.iter().find(|a| a.0.as_deref() == Some(key)).map(|a| (&a.1, a.2));
-        let tensor_arg = |b: &mut Self, i: usize, frame: &Frame| -> Result<ValueId, Error> {
-            let a = pos.get(i).ok_or_else(|| {
-                b.err(
-                    frame,
-                    Diagnostic::error(format!("`{name}` needs argument {}", i + 1), span)
-                        .with_label("missing argument"),
-                )
-            })?;
-            b.tensor_like(a.1.clone(), None, frame, a.2)
+        let Some(prim) = PRIMITIVES.iter().find(|p| p.name == name) else {
+            let mut d = Diagnostic::error(format!("unknown block or primitive `{name}`"), name_span)
+                .with_label("cannot be called");
+            let mut names: Vec<&str> = PRIMITIVES.iter().map(|p| p.name).collect();
+            names.extend(frame.instance.members.iter().filter_map(member_name));
+            d = d.with_help(match suggest(name, names.into_iter()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => "call a sub-block declared in this block, or a primitive".into(),
+            });
+            return Err(self.err(frame, d));
         };
-        let axis_of = |b: &Self,
-                       v: Option<(&RValue, Span)>,
-                       rank: usize,
-                       frame: &Frame,
-                       default: Option<i64>|
-         -> Result<Vec<usize>, Error> {
-            let raw: Vec<i64> = match v {
-                None => match default {
-                    Some(d) => vec![d],
-                    None => (0..rank as i64).collect(),
-                },
-                Some((v, s)) => match static_ints(v) {
-                    Some(axes) => axes,
-                    None => {
-                        return Err(b.err(
+        let call = self.bind(prim, args, frame, span)?;
+        match prim.build {
+            Build::Unary(u) => {
+                let x = self.tensor_arg(&call, "x", frame)?;
+                Ok(RValue::Tensor(self.node(Op::Unary(u), vec![x], frame, span)?))
+            }
+            Build::Reduce(kind) => b::reduction(self, &call, frame, kind),
+            Build::Fn(build) => build(self, &call, frame),
+        }
+    }
+
+    /// Matches the arguments to `prim`'s signature: positionals in order, keywords by
+    /// name; then every given value is checked against its type and every required
+    /// parameter must have one. Anything else is an error, so that a misspelt option
+    /// never silently does nothing.
+    fn bind(
+        &self,
+        prim: &'static Primitive,
+        args: &[(Option<String>, RValue, Span)],
+        frame: &Frame,
+        span: Span,
+    ) -> Result<Call, Error> {
+        let name = prim.name;
+        let positional: Vec<usize> = (0..prim.params.len()).filter(|&i| prim.params[i].pass != Pass::Keyword).collect();
+        let keywords: Vec<&str> = prim.params.iter().filter(|p| p.pass != Pass::Positional).map(|p| p.name).collect();
+        let mut call = Call { prim, span, values: vec![None; prim.params.len()], rest: Vec::new() };
+        let mut next = 0;
+        for (key, value, vspan) in args {
+            let i = match key {
+                None => {
+                    let Some(&i) = positional.get(next) else {
+                        return Err(self.err(
                             frame,
-                            Diagnostic::error("an axis is a compile-time integer or tuple of them", s)
-                                .with_label("here"),
-                        ))
+                            Diagnostic::error(
+                                format!("`{name}` takes at most {} positional argument(s)", positional.len()),
+                                *vspan,
+                            )
+                            .with_label("extra argument"),
+                        ));
+                    };
+                    next += 1;
+                    i
+                }
+                Some(key) => match prim.params.iter().position(|p| p.name == key && p.pass != Pass::Positional) {
+                    Some(i) => i,
+                    None if prim.rest.is_some() => {
+                        self.check_type(prim, key, prim.rest.unwrap_or(Ty::Tensor), value, *vspan, frame)?;
+                        if call.rest.iter().any(|(k, _, _)| k == key) {
+                            return Err(self.given_twice(name, key, *vspan, frame));
+                        }
+                        call.rest.push((key.clone(), value.clone(), *vspan));
+                        continue;
+                    }
+                    None => {
+                        let mut d = Diagnostic::error(format!("`{name}` has no option `{key}`"), *vspan)
+                            .with_label("unknown keyword argument");
+                        d = d.with_help(match suggest(key, keywords.iter().copied()) {
+                            Some(s) => format!("did you mean `{s}`?"),
+                            None if keywords.is_empty() => format!("`{name}` takes no keyword arguments"),
+                            None => format!("its options are {}", keywords.join(", ")),
+                        });
+                        return Err(self.err(frame, d));
                     }
                 },
             };
-            raw.into_iter()
-                .map(|a| {
-                    let r = rank as i64;
-                    if a < -r || a >= r.max(1) {
-                        return Err(b.err(
-                            frame,
-                            Diagnostic::error(format!("axis {a} is out of range for rank {rank}"), span)
-                                .with_label("here"),
-                        ));
-                    }
-                    Ok(if a < 0 { (a + r) as usize } else { a as usize })
-                })
-                .collect()
-        };
-        let static_f64 = |v: Option<(&RValue, Span)>| -> Option<f64> {
-            match v {
-                Some((RValue::Static(Value::Float(x)), _)) => Some(*x),
-                Some((RValue::Static(Value::Int(i)), _)) => Some(*i as f64),
-                _ => None,
+            let param = &prim.params[i];
+            if call.values[i].is_some() {
+                return Err(self.given_twice(name, param.name, *vspan, frame));
             }
-        };
-        let unary = |u: Unary| Some(u);
-        let simple = match name {
-            "exp" => unary(Unary::Exp),
-            "log" => unary(Unary::Log),
-            "sqrt" => unary(Unary::Sqrt),
-            "rsqrt" => unary(Unary::Rsqrt),
-            "tanh" => unary(Unary::Tanh),
-            "erf" => unary(Unary::Erf),
-            "sigmoid" => unary(Unary::Sigmoid),
-            "sin" => unary(Unary::Sin),
-            "cos" => unary(Unary::Cos),
-            "abs" => unary(Unary::Abs),
-            "relu" => unary(Unary::Relu),
-            "silu" => unary(Unary::Silu),
-            "neg" => unary(Unary::Neg),
-            "gelu" => match named("approx") {
-                None | Some((RValue::Static(Value::None), _)) => unary(Unary::Gelu),
-                Some((RValue::Static(Value::Symbol(t)), _)) if t == "tanh" => unary(Unary::GeluTanh),
-                Some((_, s)) => {
-                    return Err(self
-                        .err(frame, Diagnostic::error("`approx:` is `none` (exact) or `tanh`", s).with_label("here")))
-                }
-            },
-            _ => None,
-        };
-        if let Some(u) = simple {
-            let x = tensor_arg(self, 0, frame)?;
-            return Ok(RValue::Tensor(self.node(Op::Unary(u), vec![x], frame, span)?));
+            // `none` for a parameter with a default means the default.
+            if matches!(value, RValue::Static(Value::None)) && param.default != Default::Required {
+                continue;
+            }
+            self.check_type(prim, param.name, param.ty, value, *vspan, frame)?;
+            call.values[i] = Some((value.clone(), *vspan));
         }
-        match name {
-            "softcap" => {
-                let x = tensor_arg(self, 0, frame)?;
-                let cap = static_f64(pos.get(1).map(|a| (&a.1, a.2)))
-                    .ok_or_else(|| self.err(frame, Diagnostic::error("`softcap` needs a number cap", span)))?;
-                Ok(RValue::Tensor(self.node(Op::Softcap { cap }, vec![x], frame, span)?))
-            }
-            "dropout" => {
-                let x = tensor_arg(self, 0, frame)?;
-                let p = static_f64(pos.get(1).map(|a| (&a.1, a.2)).or(named("p"))).unwrap_or(0.0);
-                if p == 0.0 {
-                    return Ok(RValue::Tensor(x));
-                }
-                // Each dropout gets its own mask stream, numbered in graph order.
-                let key = self.graph.nodes.iter().filter(|n| matches!(n.op, Op::Dropout { .. })).count() as u64;
-                Ok(RValue::Tensor(self.node(Op::Dropout { p, key }, vec![x], frame, span)?))
-            }
-            "cast" => {
-                let x = tensor_arg(self, 0, frame)?;
-                let to = match pos.get(1).map(|a| &a.1) {
-                    Some(RValue::Static(Value::Symbol(s))) => DType::parse(s),
-                    _ => None,
+        for (i, p) in prim.params.iter().enumerate() {
+            if p.default == Default::Required && call.values[i].is_none() {
+                let (message, label) = match p.pass {
+                    Pass::Keyword => (format!("`{name}` needs `{}:` ({})", p.name, p.ty.describe()), "missing option"),
+                    _ => (
+                        format!(
+                            "`{name}` needs argument {} (`{}`)",
+                            positional.iter().position(|&j| j == i).unwrap_or(i) + 1,
+                            p.name
+                        ),
+                        "missing argument",
+                    ),
                 };
-                let to = to.ok_or_else(|| {
-                    self.err(
-                        frame,
-                        Diagnostic::error("`cast` needs a dtype: f32, f16, bf16, i32, i64 or bool", span)
-                            .with_label("here"),
-                    )
-                })?;
-                Ok(RValue::Tensor(self.node(Op::Cast { to }, vec![x], frame, span)?))
+                return Err(self.err(frame, Diagnostic::error(message, span).with_label(label)));
             }
-            "min" | "max" if pos.len() == 2 => {
-                let a = tensor_arg(self, 0, frame)?;
-                let dt = self.ty(a).dtype;
-                let b = self.tensor_like(pos[1].1.clone(), Some(dt), frame, pos[1].2)?;
-                let op = if name == "min" { Binary::Min } else { Binary::Max };
-                Ok(RValue::Tensor(self.node(Op::Binary(op), vec![a, b], frame, span)?))
-            }
-            "sum" | "mean" | "max" | "min" | "var" | "logsumexp" => {
-                let x = tensor_arg(self, 0, frame)?;
-                let rank = self.ty(x).rank();
-                let axes = axis_of(self, named("axis"), rank, frame, None)?;
-                let keepdim = matches!(named("keepdim"), Some((RValue::Static(Value::Bool(true)), _)));
-                let kind = match name {
-                    "sum" => Reduce::Sum,
-                    "mean" => Reduce::Mean,
-                    "max" => Reduce::Max,
-                    "min" => Reduce::Min,
-                    "var" => Reduce::Var,
-                    _ => Reduce::LogSumExp,
-                };
-                Ok(RValue::Tensor(self.node(Op::Reduce { kind, axes, keepdim }, vec![x], frame, span)?))
-            }
-            "softmax" | "log_softmax" => {
-                let x = tensor_arg(self, 0, frame)?;
-                let rank = self.ty(x).rank();
-                let axis = axis_of(self, named("axis"), rank, frame, Some(-1))?[0];
-                let op = if name == "softmax" { Op::Softmax { axis } } else { Op::LogSoftmax { axis } };
-                Ok(RValue::Tensor(self.node(op, vec![x], frame, span)?))
-            }
-            "where" => {
-                let c = tensor_arg(self, 0, frame)?;
-                let a = pos.get(1).map(|a| a.1.clone()).unwrap_or(RValue::Static(Value::None));
-                let b = pos.get(2).map(|a| a.1.clone()).unwrap_or(RValue::Static(Value::None));
-                let dt = match (&a, &b) {
-                    (RValue::Tensor(t), _) | (_, RValue::Tensor(t)) => Some(self.ty(*t).dtype),
-                    _ => None,
-                };
-                let a = self.tensor_like(a, dt, frame, span)?;
-                let b = self.tensor_like(b, dt, frame, span)?;
-                Ok(RValue::Tensor(self.node(Op::Where, vec![c, a, b], frame, span)?))
-            }
-            "arange" => {
-                let dims: Vec<Dim> = pos
-                    .iter()
-                    .map(|a| match &a.1 {
-                        RValue::Dim(d) => Ok(d.clone()),
-                        RValue::Static(Value::Int(i)) => Ok(Dim::constant(*i)),
-                        _ => Err(self
-                            .err(frame, Diagnostic::error("`arange` takes dims or integers", a.2).with_label("here"))),
-                    })
-                    .collect::<Result<_, _>>()?;
-                match dims.as_slice() {
-                    [n] => Ok(RValue::Tensor(self.graph.push(
-                        Op::Arange { n: n.clone() },
-                        Vec::new(),
-                        TensorType::new(DType::I32, vec![n.clone()]),
-                        &frame.prefix,
-                    ))),
-                    [start, end] | [start, end, _] => {
-                        let step = dims.get(2).and_then(|d| d.as_constant()).unwrap_or(1);
-                        let len = end.sub(start);
-                        if len.as_constant().is_some_and(|l| l < 0) || step <= 0 {
-                            return Err(self.err(
-                                frame,
-                                Diagnostic::error(
-                                    format!("`arange({start}, {end}, {step})` is empty or runs backwards"),
-                                    span,
-                                )
-                                .with_label("here"),
-                            ));
-                        }
-                        let n = match len.as_constant() {
-                            Some(l) if step > 0 => Dim::constant((l + step - 1) / step),
-                            _ => len.div_exact(&Dim::constant(step)).ok_or_else(|| {
-                                self.err(
-                                    frame,
-                                    Diagnostic::error("`arange` length is not a whole number of steps", span),
-                                )
-                            })?,
-                        };
-                        let base = self.graph.push(
-                            Op::Arange { n: n.clone() },
-                            Vec::new(),
-                            TensorType::new(DType::I32, vec![n]),
-                            &frame.prefix,
-                        );
-                        let step_v = self.scalar(step as f64, DType::I32, frame);
-                        let scaled = self.node(Op::Binary(Binary::Mul), vec![base, step_v], frame, span)?;
-                        let out = match start.as_constant() {
-                            Some(0) => scaled,
-                            _ => {
-                                let s = self.tensor_like(RValue::Dim(start.clone()), Some(DType::I32), frame, span)?;
-                                self.node(Op::Binary(Binary::Add), vec![scaled, s], frame, span)?
-                            }
-                        };
-                        Ok(RValue::Tensor(out))
-                    }
-                    _ => Err(self.err(
-                        frame,
-                        Diagnostic::error("`arange` takes (n) or (start, end[, step])", span).with_label("here"),
-                    )),
-                }
-            }
-            "embedding" => {
-                let table = tensor_arg(self, 0, frame)?;
-                let ids = tensor_arg(self, 1, frame)?;
-                Ok(RValue::Tensor(self.node(Op::Embedding, vec![table, ids], frame, span)?))
-            }
-            "concat" => {
-                let items = match pos.first().map(|a| &a.1) {
-                    Some(RValue::List(items) | RValue::Tuple(items)) => items.clone(),
-                    _ => {
-                        return Err(self.err(
-                            frame,
-                            Diagnostic::error("`concat` takes a list of tensors", span).with_label("here"),
-                        ))
-                    }
-                };
-                let mut ids = Vec::new();
-                for i in items {
-                    ids.push(self.tensor_like(i, None, frame, span)?);
-                }
-                let rank = ids.first().map_or(0, |t| self.ty(*t).rank());
-                let axis = axis_of(self, named("axis"), rank, frame, Some(0))?[0];
-                Ok(RValue::Tensor(self.node(Op::Concat { axis }, ids, frame, span)?))
-            }
-            "split" => {
-                let x = tensor_arg(self, 0, frame)?;
-                let parts = match pos.get(1).map(|a| &a.1) {
-                    Some(RValue::Static(Value::Int(n))) if *n > 0 => *n,
-                    _ => {
-                        return Err(self.err(
-                            frame,
-                            Diagnostic::error("`split(x, n, axis:)` needs a positive count n", span).with_label("here"),
-                        ))
-                    }
-                };
-                let rank = self.ty(x).rank();
-                let axis = axis_of(self, named("axis"), rank, frame, Some(-1))?[0];
-                let len = self.ty(x).shape[axis].clone();
-                let piece = len.div_exact(&Dim::constant(parts)).ok_or_else(|| {
-                    self.err(
-                        frame,
-                        Diagnostic::error(format!("cannot split {len} into {parts} equal parts"), span)
-                            .with_label("uneven split"),
-                    )
-                })?;
-                let mut out = Vec::new();
-                for i in 0..parts {
-                    let start = piece.mul(&Dim::constant(i));
-                    let end = piece.mul(&Dim::constant(i + 1));
-                    out.push(RValue::Tensor(self.node(Op::Slice { axis, start, end }, vec![x], frame, span)?));
-                }
-                Ok(RValue::Tuple(out))
-            }
-            "slice" => {
-                let x = tensor_arg(self, 0, frame)?;
-                let rank = self.ty(x).rank();
-                let axis = axis_of(self, named("axis"), rank, frame, Some(0))?[0];
-                let bound = |v: Option<(&RValue, Span)>, default: Dim| -> Option<Dim> {
-                    match v {
-                        None => Some(default),
-                        Some((RValue::Static(Value::Int(i)), _)) => Some(Dim::constant(*i)),
-                        Some((RValue::Dim(d), _)) => Some(d.clone()),
-                        _ => None,
-                    }
-                };
-                let len = self.ty(x).shape[axis].clone();
-                let (Some(start), Some(end)) = (bound(named("start"), Dim::constant(0)), bound(named("end"), len))
-                else {
-                    return Err(self.err(
-                        frame,
-                        Diagnostic::error("`slice` bounds are integers or dims", span).with_label("here"),
-                    ));
-                };
-                Ok(RValue::Tensor(self.node(Op::Slice { axis, start, end }, vec![x], frame, span)?))
-            }
-            "rearrange" => {
-                let x = tensor_arg(self, 0, frame)?;
-                let pattern = match pos.get(1).map(|a| &a.1) {
-                    Some(RValue::Static(Value::Str(s))) => s.clone(),
-                    _ => {
-                        return Err(self.err(
-                            frame,
-                            Diagnostic::error("`rearrange` needs an einops pattern string", span).with_label("here"),
-                        ))
-                    }
-                };
-                let pattern_span = pos.get(1).map_or(span, |a| a.2);
-                let mut sizes = HashMap::new();
-                for (k, v, s) in args.iter().filter(|a| a.0.is_some()) {
-                    let d = match v {
-                        RValue::Static(Value::Int(i)) => Dim::constant(*i),
-                        RValue::Dim(d) => d.clone(),
-                        _ => {
-                            return Err(self.err(
-                                frame,
-                                Diagnostic::error("an axis size is an integer or a dim", *s).with_label("here"),
-                            ))
-                        }
-                    };
-                    sizes.insert(k.clone().unwrap_or_default(), d);
-                }
-                let ty = self.ty(x).clone();
-                let plan = einops::plan(&pattern, &ty.shape, &sizes).map_err(|why| {
-                    self.err(
-                        frame,
-                        Diagnostic::error(format!("{why} (input is {})", ty.shape_text()), pattern_span)
-                            .with_label("in this pattern"),
-                    )
-                })?;
-                let mut v = x;
-                if plan.split != ty.shape {
-                    v = self.node(Op::Reshape { shape: plan.split.clone() }, vec![v], frame, span)?;
-                }
-                if plan.perm.iter().enumerate().any(|(i, p)| i != *p) {
-                    v = self.node(Op::Transpose { perm: plan.perm.clone() }, vec![v], frame, span)?;
-                }
-                if self.ty(v).shape != plan.output {
-                    v = self.node(Op::Reshape { shape: plan.output.clone() }, vec![v], frame, span)?;
-                }
-                Ok(RValue::Tensor(v))
-            }
-            "attention" => {
-                let q = tensor_arg(self, 0, frame)?;
-                let k = tensor_arg(self, 1, frame)?;
-                let v = tensor_arg(self, 2, frame)?;
-                let causal = matches!(named("causal"), Some((RValue::Static(Value::Bool(true)), _)));
-                let window = match named("window") {
-                    Some((RValue::Static(Value::Int(w)), _)) => Some(*w),
-                    _ => None,
-                };
-                let softcap = static_f64(named("softcap"));
-                let hd = self.ty(q).shape.last().and_then(|d| d.as_constant()).unwrap_or(1);
-                let scale = static_f64(named("scale")).unwrap_or(1.0 / (hd as f64).sqrt());
-                let mut ids = vec![q, k, v];
-                let has_bias = match named("bias") {
-                    None | Some((RValue::Static(Value::None), _)) => false,
-                    Some((b, s)) => {
-                        ids.push(self.tensor_like(b.clone(), None, frame, s)?);
-                        true
-                    }
-                };
-                Ok(RValue::Tensor(self.node(
-                    Op::Attention { causal, window, softcap, scale, has_bias },
-                    ids,
-                    frame,
-                    span,
-                )?))
-            }
-            "moe_route" => {
-                let logits = tensor_arg(self, 0, frame)?;
-                let k = match named("k") {
-                    Some((RValue::Static(Value::Int(k)), _)) => *k,
-                    _ => {
-                        return Err(self.err(
-                            frame,
-                            Diagnostic::error("`moe_route` needs `k:` as an integer", span).with_label("here"),
-                        ))
-                    }
-                };
-                let noise = static_f64(named("noise")).unwrap_or(0.0);
-                let lt = self.ty(logits).clone();
-                if lt.rank() != 2 {
-                    return Err(self.err(
-                        frame,
-                        Diagnostic::error(
-                            format!("`moe_route` takes router logits [N, E], found {}", lt.shape_text()),
-                            span,
-                        )
-                        .with_label("here"),
-                    ));
-                }
-                let capacity = match static_f64(named("capacity")) {
-                    // Dropless: an expert may take every token.
-                    None => lt.shape[0].clone(),
-                    Some(cf) => self.capacity_dim(cf, k, &lt.shape[0], &lt.shape[1]),
-                };
-                // Noisy top-k gating: the route (and its gradient) sees the noisy logits; the
-                // balance and z-losses keep the clean ones.
-                let gated = if noise > 0.0 {
-                    let key = self.graph.nodes.iter().filter(|n| matches!(n.op, Op::Noise { .. })).count() as u64;
-                    self.node(Op::Noise { std: noise, key }, vec![logits], frame, span)?
-                } else {
-                    logits
-                };
-                let combine = self.node(Op::MoeRoute { k, capacity }, vec![gated], frame, span)?;
-                Ok(RValue::Route { combine, logits, k })
-            }
-            "moe_dispatch" | "moe_combine" | "moe_balance" => {
-                let Some(RValue::Route { combine, logits, k }) = pos.first().map(|a| a.1.clone()) else {
-                    return Err(self.err(
-                        frame,
-                        Diagnostic::error(format!("`{name}` takes the route of `moe_route` first"), span)
-                            .with_label("here"),
-                    ));
-                };
-                let out = match name {
-                    "moe_balance" => self.node(Op::MoeBalance { k }, vec![logits, combine], frame, span)?,
-                    _ => {
-                        let x = tensor_arg(self, 1, frame)?;
-                        let op = if name == "moe_dispatch" { Op::MoeDispatch } else { Op::MoeCombine };
-                        self.node(op, vec![combine, x], frame, span)?
-                    }
-                };
-                Ok(RValue::Tensor(out))
-            }
-            "pow" => {
-                let a = tensor_arg(self, 0, frame)?;
-                let dt = self.ty(a).dtype;
-                let b = pos
-                    .get(1)
-                    .ok_or_else(|| self.err(frame, Diagnostic::error("`pow(x, y)` needs two arguments", span)))?;
-                let b = self.tensor_like(b.1.clone(), Some(dt), frame, b.2)?;
-                Ok(RValue::Tensor(self.node(Op::Binary(Binary::Pow), vec![a, b], frame, span)?))
-            }
-            "reshape" | "broadcast" | "broadcast_to" => {
-                let x = tensor_arg(self, 0, frame)?;
-                let shape = match pos.get(1).map(|a| &a.1) {
-                    Some(RValue::List(items) | RValue::Tuple(items)) => items
-                        .iter()
-                        .map(|v| match v {
-                            RValue::Dim(d) => Some(d.clone()),
-                            RValue::Static(Value::Int(i)) => Some(Dim::constant(*i)),
-                            _ => None,
-                        })
-                        .collect::<Option<Vec<Dim>>>(),
-                    _ => None,
-                };
-                let Some(shape) = shape else {
-                    return Err(self.err(
-                        frame,
-                        Diagnostic::error(format!("`{name}` needs a shape list of dims, as in `[B, T, d]`"), span)
-                            .with_label("here"),
-                    ));
-                };
-                let op = if name == "reshape" { Op::Reshape { shape } } else { Op::Broadcast { shape } };
-                Ok(RValue::Tensor(self.node(op, vec![x], frame, span)?))
-            }
-            "transpose" => {
-                let x = tensor_arg(self, 0, frame)?;
-                let rank = self.ty(x).rank();
-                let mut axes: Vec<i64> = Vec::new();
-                for a in &pos[1..] {
-                    match static_ints(&a.1) {
-                        Some(v) => axes.extend(v),
-                        None => {
-                            return Err(self.err(
-                                frame,
-                                Diagnostic::error("`transpose` takes compile-time axes", a.2).with_label("here"),
-                            ))
-                        }
-                    }
-                }
-                let norm = |a: i64| if a < 0 { a + rank as i64 } else { a };
-                // `transpose(x)` swaps the last two axes, `transpose(x, a, b)` swaps two,
-                // `transpose(x, (p0, p1, ...))` permutes.
-                let perm: Vec<usize> = match axes.as_slice() {
-                    [] if rank >= 2 => {
-                        let mut p: Vec<usize> = (0..rank).collect();
-                        p.swap(rank - 2, rank - 1);
-                        p
-                    }
-                    [a, b] if pos.len() == 3 => {
-                        let mut p: Vec<usize> = (0..rank).collect();
-                        let (a, b) = (norm(*a), norm(*b));
-                        if a < 0 || b < 0 || a as usize >= rank || b as usize >= rank {
-                            return Err(self.err(
-                                frame,
-                                Diagnostic::error(format!("axes {a} and {b} are out of range for rank {rank}"), span)
-                                    .with_label("here"),
-                            ));
-                        }
-                        p.swap(a as usize, b as usize);
-                        p
-                    }
-                    many => many.iter().map(|a| norm(*a).max(0) as usize).collect(),
-                };
-                Ok(RValue::Tensor(self.node(Op::Transpose { perm }, vec![x], frame, span)?))
-            }
-            "pad" => {
-                let x = tensor_arg(self, 0, frame)?;
-                let rank = self.ty(x).rank();
-                let axis = axis_of(self, named("axis"), rank, frame, Some(-1))?[0];
-                let amount = |v: Option<(&RValue, Span)>| match v {
-                    Some((RValue::Static(Value::Int(i)), _)) => Some(*i),
-                    None => Some(0),
-                    _ => None,
-                };
-                let (Some(before), Some(after)) = (amount(named("before")), amount(named("after"))) else {
-                    return Err(self.err(
-                        frame,
-                        Diagnostic::error("`pad(x, axis:, before:, after:, value:)` takes integer amounts", span)
-                            .with_label("here"),
-                    ));
-                };
-                let value = static_f64(named("value")).unwrap_or(0.0);
-                Ok(RValue::Tensor(self.node(Op::Pad { axis, before, after, value }, vec![x], frame, span)?))
-            }
-            "gather" | "scatter_add" => {
-                let n_args = if name == "gather" { 2 } else { 3 };
-                let ids = (0..n_args).map(|i| tensor_arg(self, i, frame)).collect::<Result<Vec<_>, _>>()?;
-                let rank = self.ty(ids[0]).rank();
-                let axis = axis_of(self, named("axis"), rank, frame, Some(-1))?[0];
-                let op = if name == "gather" { Op::Gather { axis } } else { Op::ScatterAdd { axis } };
-                Ok(RValue::Tensor(self.node(op, ids, frame, span)?))
-            }
-            "topk" => {
-                let x = tensor_arg(self, 0, frame)?;
-                let k = match named("k").or(pos.get(1).map(|a| (&a.1, a.2))) {
-                    Some((RValue::Static(Value::Int(k)), _)) => *k,
-                    _ => {
-                        return Err(self.err(
-                            frame,
-                            Diagnostic::error("`topk(x, k:)` needs an integer k", span).with_label("here"),
-                        ))
-                    }
-                };
-                let values = self.node(Op::TopK { k, indices: false }, vec![x], frame, span)?;
-                let indices = self.node(Op::TopK { k, indices: true }, vec![x], frame, span)?;
-                Ok(RValue::Tuple(vec![RValue::Tensor(values), RValue::Tensor(indices)]))
-            }
-            "one_hot" => {
-                let x = tensor_arg(self, 0, frame)?;
-                let n = match named("n").or(pos.get(1).map(|a| (&a.1, a.2))) {
-                    Some((RValue::Static(Value::Int(n)), _)) if *n > 0 => *n,
-                    _ => {
-                        return Err(self.err(
-                            frame,
-                            Diagnostic::error("`one_hot(ids, n)` needs a positive integer n", span).with_label("here"),
-                        ))
-                    }
-                };
-                Ok(RValue::Tensor(self.node(Op::OneHot { n }, vec![x], frame, span)?))
-            }
-            "cumsum" => {
-                let x = tensor_arg(self, 0, frame)?;
-                let rank = self.ty(x).rank();
-                let axis = axis_of(self, named("axis"), rank, frame, Some(-1))?[0];
-                Ok(RValue::Tensor(self.node(Op::Cumsum { axis }, vec![x], frame, span)?))
-            }
-            "lstm" => {
-                let ids = (0..4).map(|i| tensor_arg(self, i, frame)).collect::<Result<Vec<_>, _>>()?;
-                let reverse = matches!(named("reverse"), Some((RValue::Static(Value::Bool(true)), _)));
-                Ok(RValue::Tensor(self.node(Op::Lstm { reverse }, ids, frame, span)?))
-            }
-            "moe_zloss" => {
-                let logits = tensor_arg(self, 0, frame)?;
-                Ok(RValue::Tensor(self.node(Op::MoeZLoss, vec![logits], frame, span)?))
-            }
-            "cross_entropy" => {
-                let logits = tensor_arg(self, 0, frame)?;
-                let targets = tensor_arg(self, 1, frame)?;
-                let ignore = match named("ignore") {
-                    Some((RValue::Static(Value::Int(i)), _)) => *i,
-                    _ => -100,
-                };
-                Ok(RValue::Tensor(self.node(Op::CrossEntropy { ignore }, vec![logits, targets], frame, span)?))
-            }
-            _ => {
-                let mut d = Diagnostic::error(format!("unknown block or primitive `{name}`"), name_span)
-                    .with_label("cannot be called");
-                let mut names: Vec<&str> = PRIMITIVES.to_vec();
-                names.extend(frame.instance.members.iter().filter_map(member_name));
-                d = d.with_help(match suggest(name, names.into_iter()) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None if NOT_YET.contains(&name) => format!("`{name}` is not elaborated into the Graph IR yet"),
-                    None => "call a sub-block declared in this block, or a primitive".into(),
-                });
-                Err(self.err(frame, d))
-            }
+        }
+        Ok(call)
+    }
+
+    fn check_type(
+        &self,
+        prim: &Primitive,
+        param: &str,
+        ty: Ty,
+        value: &RValue,
+        span: Span,
+        frame: &Frame,
+    ) -> Result<(), Error> {
+        if ty.accepts(value) {
+            return Ok(());
+        }
+        Err(self.err(
+            frame,
+            Diagnostic::error(
+                format!("`{}` needs `{param}` to be {}, found {}", prim.name, ty.describe(), found(value)),
+                span,
+            )
+            .with_label(format!("not {}", ty.describe())),
+        ))
+    }
+
+    fn given_twice(&self, prim: &str, param: &str, span: Span, frame: &Frame) -> Error {
+        self.err(frame, Diagnostic::error(format!("`{prim}` gets `{param}` twice"), span).with_label("second value"))
+    }
+
+    /// A tensor argument: tensors as they are, numbers as scalars (activation dtype).
+    pub(super) fn tensor_arg(&mut self, call: &Call, name: &str, frame: &Frame) -> Result<ValueId, Error> {
+        match call.get(name) {
+            Some((v, s)) => self.tensor_like(v.clone(), None, frame, s),
+            None => Err(self.err(
+                frame,
+                Diagnostic::error(format!("`{}` needs `{name}`", call.prim.name), call.span)
+                    .with_label("missing argument"),
+            )),
         }
     }
+
+    /// An `Axes` argument normalised against `rank`; all axes when absent.
+    pub(super) fn axes_arg(&self, call: &Call, name: &str, rank: usize, frame: &Frame) -> Result<Vec<usize>, Error> {
+        let raw = match call.get(name) {
+            Some((v, _)) => static_ints(v).unwrap_or_default(),
+            None => match call.int(name) {
+                Some(d) => vec![d],
+                None => (0..rank as i64).collect(),
+            },
+        };
+        let span = call.span_of(name);
+        raw.into_iter().map(|a| self.normalise_axis(a, rank, span, frame)).collect()
+    }
+
+    /// An `Axis` argument normalised against `rank`.
+    pub(super) fn axis_arg(&self, call: &Call, name: &str, rank: usize, frame: &Frame) -> Result<usize, Error> {
+        let a = call.int(name).unwrap_or(0);
+        self.normalise_axis(a, rank, call.span_of(name), frame)
+    }
+
+    /// `a` counted from the end when negative; out of range is an error.
+    fn normalise_axis(&self, a: i64, rank: usize, span: Span, frame: &Frame) -> Result<usize, Error> {
+        let r = rank as i64;
+        // A scalar's only "axis" is 0, as reductions over all axes of a scalar use it.
+        if a < -r || a >= r.max(1) {
+            return Err(self.err(
+                frame,
+                Diagnostic::error(format!("axis {a} is out of range for rank {rank}"), span).with_label("here"),
+            ));
+        }
+        Ok(if a < 0 { (a + r) as usize } else { a as usize })
+    }
 }
-
-/// Primitives the elaborator knows, for "did you mean".
-pub(super) const PRIMITIVES: &[&str] = &[
-    "exp",
-    "log",
-    "sqrt",
-    "rsqrt",
-    "tanh",
-    "erf",
-    "sigmoid",
-    "sin",
-    "cos",
-    "abs",
-    "relu",
-    "silu",
-    "gelu",
-    "softcap",
-    "dropout",
-    "cast",
-    "min",
-    "max",
-    "sum",
-    "mean",
-    "var",
-    "logsumexp",
-    "softmax",
-    "log_softmax",
-    "where",
-    "arange",
-    "embedding",
-    "concat",
-    "split",
-    "slice",
-    "broadcast_to",
-    "rearrange",
-    "attention",
-    "cross_entropy",
-    "moe_route",
-    "moe_dispatch",
-    "moe_combine",
-    "moe_balance",
-    "moe_zloss",
-    "lstm",
-];
-
-/// Primitives of LANGUAGE.md whose Graph IR comes later.
-pub(super) const NOT_YET: &[&str] =
-    &["topk", "one_hot", "gather", "scatter_add", "cumsum", "pad", "reshape", "transpose", "rope"];
 
 /// Integers known at compile time: `1`, `(0, 1)` or `[0, 1]`, written inline or bound
 /// to a name.
@@ -719,46 +612,17 @@ pub(super) fn static_ints(v: &RValue) -> Option<Vec<i64>> {
     }
 }
 
-/// What each primitive accepts: the most positional arguments and the keyword names.
-/// Anything else is an error, so that a misspelt option never silently does nothing.
-pub(super) const SIGNATURES: &[(&str, usize, &[&str])] = &[
-    ("gelu", 1, &["approx"]),
-    ("softcap", 2, &[]),
-    ("dropout", 2, &["p"]),
-    ("cast", 2, &[]),
-    ("sum", 1, &["axis", "keepdim"]),
-    ("mean", 1, &["axis", "keepdim"]),
-    ("var", 1, &["axis", "keepdim"]),
-    ("logsumexp", 1, &["axis", "keepdim"]),
-    ("max", 2, &["axis", "keepdim"]),
-    ("min", 2, &["axis", "keepdim"]),
-    ("softmax", 1, &["axis"]),
-    ("log_softmax", 1, &["axis"]),
-    ("where", 3, &[]),
-    ("arange", 3, &[]),
-    ("embedding", 2, &[]),
-    ("concat", 1, &["axis"]),
-    ("split", 2, &["axis"]),
-    ("slice", 1, &["axis", "start", "end"]),
-    // Any keyword: the sizes of the pattern's axes (`h: heads`).
-    ("rearrange", 2, &["*"]),
-    ("attention", 3, &["causal", "window", "softcap", "scale", "bias"]),
-    ("cross_entropy", 2, &["ignore"]),
-    ("moe_route", 1, &["k", "capacity", "noise"]),
-    ("moe_dispatch", 2, &[]),
-    ("moe_combine", 2, &[]),
-    ("moe_balance", 1, &[]),
-    ("moe_zloss", 1, &[]),
-    ("lstm", 4, &["reverse"]),
-    ("pow", 2, &[]),
-    ("reshape", 2, &[]),
-    ("broadcast", 2, &[]),
-    ("broadcast_to", 2, &[]),
-    ("transpose", 3, &[]),
-    ("pad", 1, &["axis", "before", "after", "value"]),
-    ("gather", 2, &["axis"]),
-    ("scatter_add", 3, &["axis"]),
-    ("topk", 2, &["k"]),
-    ("one_hot", 2, &["n"]),
-    ("cumsum", 1, &["axis"]),
-];
+/// A shape written as a list of dims and integers: `[B, T, d]`.
+fn shape_of(v: &RValue) -> Option<Vec<Dim>> {
+    match v {
+        RValue::List(items) | RValue::Tuple(items) => items
+            .iter()
+            .map(|v| match v {
+                RValue::Dim(d) => Some(d.clone()),
+                RValue::Static(Value::Int(i)) => Some(Dim::constant(*i)),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
