@@ -270,3 +270,51 @@ fn stacked_copies_look_up_a_shared_table() {
     let out = graph.ty(graph.outputs[0]);
     assert_eq!(out.shape_text(), "[2, T, 4]");
 }
+
+/// Integer attributes wrong for every value a symbolic dim may take are shape errors, not
+/// panics at run time: the shape rule sees the op as a pass or a test builds it.
+#[test]
+fn shape_rules_reject_attributes_no_binding_can_fit() {
+    let sym = |dims: &[&str]| -> TensorType {
+        TensorType::new(
+            DType::F32,
+            dims.iter().map(|d| d.parse().map_or_else(|_| Dim::symbol(d), Dim::constant)).collect(),
+        )
+    };
+    let t_len = Dim::symbol("T");
+    let cases: Vec<(Op, Vec<TensorType>)> = vec![
+        (Op::TopK { k: -1, indices: false }, vec![sym(&["B", "T"])]),
+        (Op::TopK { k: 0, indices: true }, vec![sym(&["B", "T"])]),
+        (Op::MoeRoute { k: 0, capacity: Dim::symbol("N") }, vec![sym(&["N", "E"])]),
+        (Op::MoeRoute { k: 3, capacity: Dim::constant(4) }, vec![sym(&["N", "2"])]),
+        (Op::MoeRoute { k: 1, capacity: Dim::constant(-4) }, vec![sym(&["N", "2"])]),
+        (Op::MoeBalance { k: 0 }, vec![sym(&["N", "E"]), sym(&["N", "E", "C"])]),
+        (Op::MoeLoad { k: -2 }, vec![sym(&["N", "E", "C"])]),
+        (Op::MoeZLoss, vec![sym(&["N"])]),
+        (Op::OneHot { n: 0 }, vec![t(DType::I32, &[2])]),
+        (
+            Op::Attention { causal: true, window: Some(0), softcap: None, scale: 1.0, has_bias: false },
+            vec![sym(&["B", "H", "T", "4"]); 3],
+        ),
+        (Op::Reduce { kind: Reduce::Sum, axes: vec![1, 1], keepdim: false }, vec![sym(&["B", "T"])]),
+        (Op::Slice { axis: 1, start: Dim::constant(0), end: t_len.add(&Dim::constant(1)) }, vec![sym(&["B", "T"])]),
+        (Op::Slice { axis: 1, start: Dim::constant(3), end: Dim::constant(2) }, vec![sym(&["B", "T"])]),
+        (Op::Slice { axis: 1, start: Dim::constant(-1), end: t_len.clone() }, vec![sym(&["B", "T"])]),
+        (Op::Reshape { shape: vec![Dim::constant(-2), Dim::constant(-3)] }, vec![f(&[2, 3])]),
+        (Op::Broadcast { shape: vec![Dim::constant(-1), Dim::constant(3)] }, vec![f(&[1, 3])]),
+        (Op::Arange { n: Dim::constant(-3) }, vec![]),
+        (Op::Pad { axis: 0, before: i64::MAX, after: 1, value: 0.0 }, vec![f(&[2])]),
+        (Op::Gather { axis: 1 }, vec![f(&[2, 3]), t(DType::I32, &[5, 3])]),
+        (Op::ScatterAdd { axis: 1 }, vec![f(&[1, 3]), t(DType::I32, &[2, 3]), f(&[2, 3])]),
+        (Op::Dropout { p: 1.0, key: 0 }, vec![f(&[2])]),
+        (Op::Softcap { cap: 0.0 }, vec![f(&[2])]),
+        (Op::CrossEntropy { ignore: -100 }, vec![f(&[4, 0]), t(DType::I32, &[4])]),
+    ];
+    for (op, args) in cases {
+        let refs: Vec<&TensorType> = args.iter().collect();
+        assert!(op.infer(&refs).is_err(), "{} {} accepted {:?}", op.name(), op.attrs(), args);
+    }
+    // What depends on the binding is left to the run: `k` may fit a symbolic axis.
+    assert!(Op::TopK { k: 5, indices: false }.infer(&[&sym(&["B", "T"])]).is_ok());
+    assert!(Op::Gather { axis: 1 }.infer(&[&f(&[1, 3]), &t(DType::I32, &[5, 3])]).is_ok());
+}

@@ -51,12 +51,12 @@ pub fn peak_bytes(graph: &Graph, bytes: &[u64], keep: &[ValueId]) -> u64 {
     let (mut live, mut peak) = (0u64, 0u64);
     for (i, node) in graph.nodes.iter().enumerate() {
         if is_activation(&node.op) && last[i] != usize::MAX {
-            live += bytes[i];
+            live = live.saturating_add(bytes[i]);
         }
         peak = peak.max(live);
         for &v in &frees[i] {
             if is_activation(&graph.nodes[v].op) {
-                live -= bytes[v];
+                live = live.saturating_sub(bytes[v]);
             }
         }
     }

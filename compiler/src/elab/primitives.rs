@@ -571,7 +571,16 @@ impl Builder<'_> {
             },
         };
         let span = call.span_of(name);
-        raw.into_iter().map(|a| self.normalise_axis(a, rank, span, frame)).collect()
+        let axes: Vec<usize> =
+            raw.iter().map(|&a| self.normalise_axis(a, rank, span, frame)).collect::<Result<_, _>>()?;
+        if let Some(i) = (1..axes.len()).find(|&i| axes[..i].contains(&axes[i])) {
+            return Err(self.err(
+                frame,
+                Diagnostic::error(format!("`{}` gets axis {} twice, in {raw:?}", call.prim.name, axes[i]), span)
+                    .with_label(format!("for rank {rank}, these name axis {} twice", axes[i])),
+            ));
+        }
+        Ok(axes)
     }
 
     /// An `Axis` argument normalised against `rank`.
