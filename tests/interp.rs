@@ -230,7 +230,9 @@ fn moe_routing_matches_a_naive_per_token_loop() {
 /// lengths) and are checked when the run binds the dim: an error, never a panic.
 #[test]
 fn counts_and_bounds_beyond_bound_dims_are_run_errors() {
-    let cases: [(&str, &str, Vec<(&str, Vec<usize>)>, &str); 5] = [
+    // (forward's parameters, its body, the inputs' shapes, what the error names)
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, Vec<usize>)>, &'a str);
+    let cases: [Case; 5] = [
         ("x: [B, T]", "v, i = topk(x, k: 5)\n    return mean(v)", vec![("x", vec![2, 3])], "topk"),
         ("x: [B, T]", "return mean(slice(x, axis: 1, start: 0, end: 4))", vec![("x", vec![2, 3])], "slice"),
         (

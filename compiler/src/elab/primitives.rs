@@ -583,10 +583,22 @@ impl Builder<'_> {
         Ok(axes)
     }
 
-    /// An `Axis` argument normalised against `rank`.
+    /// An `Axis` argument normalised against `rank`; a scalar has none (builders index
+    /// the shape with it).
     pub(super) fn axis_arg(&self, call: &Call, name: &str, rank: usize, frame: &Frame) -> Result<usize, Error> {
         let a = call.int(name).unwrap_or(0);
-        self.normalise_axis(a, rank, call.span_of(name), frame)
+        let span = call.span_of(name);
+        if rank == 0 {
+            return Err(self.err(
+                frame,
+                Diagnostic::error(
+                    format!("`{}` needs a tensor with an axis {a}, found a scalar", call.prim.name),
+                    span,
+                )
+                .with_label("no axes"),
+            ));
+        }
+        self.normalise_axis(a, rank, span, frame)
     }
 
     /// `a` counted from the end when negative; out of range is an error.

@@ -252,7 +252,9 @@ fn reduce(x: &Tensor, kind: Reduce, axes: &[usize], keepdim: bool) -> Tensor {
     let perm: Vec<usize> = kept.iter().chain(axes.iter()).copied().collect();
     let moved = transpose(x, &perm);
     let len: usize = axes.iter().map(|&a| x.shape[a]).product();
-    let groups = moved.numel().checked_div(len).unwrap_or(0);
+    // From the kept dims, not numel / len: reducing an empty axis still gives one value
+    // per group (a sum of nothing is 0).
+    let groups: usize = kept.iter().map(|&a| x.shape[a]).product();
     let mut data = Vec::with_capacity(groups);
     for g in 0..groups {
         let run = &moved.data[g * len..(g + 1) * len];
