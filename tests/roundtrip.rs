@@ -281,10 +281,28 @@ proptest! {
 const FORWARD_EDITS: &[&str] =
     &["0", "1", "-1", "2", "3", "5", "-2", "64", "T", "B", "d", "x", "h", "true", "none", "0.5", "k: 5", "axis: -2"];
 
+/// Counts, bounds and axes against symbolic dims, which `check` can only partly decide:
+/// mutating their numbers makes values that fit some bindings and not the run's.
+const SYMBOLIC_ATTRIBUTES: &str = "model Symbolic {
+  forward(x: [B, T], ids: i32[B, T], logits: [N, E], y: [N, 2]) -> [] {
+    values, indices = topk(x, k: 2)
+    picked = mean(gather(x, indices, axis: 1)) + mean(scatter_add(x, indices, values, axis: 1))
+    cut = mean(slice(x, axis: 1, start: 1, end: T)) + mean(pad(x, axis: 1, before: 1, after: 2))
+    hot = mean(one_hot(ids, 4))
+    route = moe_route(logits, k: 2, capacity: 2.0)
+    mixed = mean(moe_combine(route, moe_dispatch(route, y)))
+    q = rearrange(x, \"b t -> b 1 t 1\")
+    a = mean(attention(q, q, q, causal: true, window: 2))
+    return picked + cut + hot + mixed + a + mean(cumsum(x, axis: 1)) + moe_balance(route)
+      + moe_zloss(logits)
+  }
+}
+";
+
 /// Files whose `forward`s are mutated and run: the examples with a `tiny` recipe (run at
-/// it) and the well-typed elaboration fixtures (small by default).
+/// it), the well-typed elaboration fixtures (small by default) and `SYMBOLIC_ATTRIBUTES`.
 fn runnable_sources() -> Vec<(String, String, Option<&'static str>)> {
-    let mut out = Vec::new();
+    let mut out = vec![("tests/symbolic_attributes.model".to_string(), SYMBOLIC_ATTRIBUTES.to_string(), None)];
     for path in model_files("examples").into_iter().chain(model_files("tests/elab/ok")) {
         let Ok(text) = std::fs::read_to_string(root().join(&path)) else { continue };
         let recipe = text.contains("\nrecipe tiny ").then_some("tiny");
@@ -310,16 +328,35 @@ fn forward_bodies(text: &str) -> Vec<(usize, usize)> {
     out
 }
 
+/// Integers for the edits that target numbers: counts, bounds and axes around the run's
+/// sizes (every symbol but `B` is 3), and past them.
+const NUMBER_EDITS: &[&str] = &["0", "1", "-1", "2", "3", "4", "5", "64"];
+
+/// A source (the symbolic-attribute model half the time) with 1 to 3 edits, each
+/// on any word of a `forward`, or on a number of one (half the time): numbers are where
+/// counts and bounds are written.
 fn mutated_forward() -> impl Strategy<Value = (String, String, Option<&'static str>)> {
-    let edits = prop::collection::vec((any::<prop::sample::Index>(), select(FORWARD_EDITS)), 1..4);
-    (select(runnable_sources()), edits).prop_map(|((path, mut text, recipe), edits)| {
-        for (at, token) in edits {
+    let mut sources = runnable_sources();
+    let symbolic = sources.remove(0);
+    let source = prop_oneof![1 => Just(symbolic), 1 => select(sources)];
+    let edit = prop_oneof![
+        (any::<prop::sample::Index>(), Just(false), select(FORWARD_EDITS)),
+        (any::<prop::sample::Index>(), Just(true), select(NUMBER_EDITS)),
+    ];
+    (source, prop::collection::vec(edit, 1..4)).prop_map(|((path, mut text, recipe), edits)| {
+        for (at, number, token) in edits {
             let bodies = forward_bodies(&text);
             let words: Vec<(usize, usize)> = text
                 .char_indices()
                 .filter(|(i, c)| {
+                    let digit = |c: char| c.is_ascii_digit();
                     // A word, or a negative number (not the `-` of `->` or of `a - b`).
-                    (c.is_alphanumeric() || (*c == '-' && text[i + 1..].starts_with(|n: char| n.is_ascii_digit())))
+                    let starts = if number {
+                        digit(*c) || (*c == '-' && text[i + 1..].starts_with(digit))
+                    } else {
+                        c.is_alphanumeric() || (*c == '-' && text[i + 1..].starts_with(digit))
+                    };
+                    starts
                         && bodies.iter().any(|(s, e)| s < i && i < e)
                         && !text[..*i].ends_with(|p: char| p.is_alphanumeric() || p == '_' || p == '.')
                 })
