@@ -225,3 +225,49 @@ fn moe_routing_matches_a_naive_per_token_loop() {
     }
     assert!(want.iter().filter(|&&v| v == 0.0).count() >= 2, "some assignments should be dropped");
 }
+
+/// Counts and bounds measured against a symbolic dim pass `check` (they fit some
+/// lengths) and are checked when the run binds the dim: an error, never a panic.
+#[test]
+fn counts_and_bounds_beyond_bound_dims_are_run_errors() {
+    // (forward's parameters, its body, the inputs' shapes, what the error names)
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, Vec<usize>)>, &'a str);
+    let cases: [Case; 5] = [
+        ("x: [B, T]", "v, i = topk(x, k: 5)\n    return mean(v)", vec![("x", vec![2, 3])], "topk"),
+        ("x: [B, T]", "return mean(slice(x, axis: 1, start: 0, end: 4))", vec![("x", vec![2, 3])], "slice"),
+        (
+            "logits: [N, E], x: [N, 4]",
+            "route = moe_route(logits, k: 3)\n    return mean(moe_combine(route, moe_dispatch(route, x)))",
+            vec![("logits", vec![4, 2]), ("x", vec![4, 4])],
+            "moe_route",
+        ),
+        (
+            "x: [A, T], i: i32[C, 2]",
+            "return mean(gather(x, i, axis: 1))",
+            vec![("x", vec![2, 3]), ("i", vec![3, 2])],
+            "gather",
+        ),
+        (
+            "q: [1, H, 3, 4], k: [1, G, 3, 4]",
+            "return mean(attention(q, k, k))",
+            vec![("q", vec![1, 3, 3, 4]), ("k", vec![1, 2, 3, 4])],
+            "attention",
+        ),
+    ];
+    for (params, body, shapes, what) in cases {
+        let source = format!("model M() {{\n  forward({params}) -> [] {{\n    {body}\n  }}\n}}\n");
+        let graph = compile("t.model", &source, None);
+        let inputs: HashMap<String, Tensor> = shapes
+            .into_iter()
+            .map(|(name, shape)| {
+                let n = shape.iter().product();
+                (name.to_string(), Tensor::new(shape, vec![0.0; n]))
+            })
+            .collect();
+        let result = run(&graph, &inputs, &HashMap::new(), &Options::default());
+        match result {
+            Err(e) => assert!(e.0.contains(what), "{body}: {e}"),
+            Ok(_) => panic!("{body} ran with a count or bound beyond its bound dim"),
+        }
+    }
+}

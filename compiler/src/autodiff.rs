@@ -85,12 +85,9 @@ pub fn differentiate_params(
     // are the caller's buffers or constants).
     let segment: Vec<Option<String>> = b.g.nodes[..n]
         .iter()
-        .map(|node| match (&node.op, recompute) {
-            (Op::Param { .. } | Op::Input { .. } | Op::Buffer { .. } | Op::Scalar { .. } | Op::Arange { .. }, _) => {
-                None
-            }
-            (_, Some(name)) => recompute_segment(&node.scope, name),
-            (_, None) => None,
+        .map(|node| match recompute {
+            Some(name) if !node.op.is_leaf() => recompute_segment(&node.scope, name),
+            _ => None,
         })
         .collect();
     if let Some(name) = recompute {
@@ -129,6 +126,9 @@ pub fn differentiate_params(
                     value[j] = b.g.push(copy.op, args, copy.ty, &format!("{}{RECOMPUTE_SUFFIX}", copy.scope));
                 }
             }
+        }
+        if !node.op.has_gradient() {
+            return Err(format!("the gradient of `{}` is not derived yet", node.op.name()));
         }
         let args: Vec<ValueId> = node.args.iter().map(|a| value[a.0 as usize]).collect();
         let arg_grads = b.vjp(value[i], &node.op, &args, &want, gout, &node.scope)?;
@@ -646,6 +646,7 @@ impl Builder<'_> {
                 let _ = rank;
                 vec![Some(self.bin(Binary::Mul, d, gc, s)?), None]
             }
+            // `has_gradient` is false: `differentiate_params` stops before asking.
             Op::Lstm { .. } => return Err("the gradient of `lstm` is not derived yet".into()),
             Op::MoeRoute { k, .. } => vec![Some(self.route_vjp(a(0), out, g, *k, s)?)],
             // d x = Σ_slots mask · g: a combine with the route's 0/1 mask.

@@ -93,7 +93,7 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
     let mut trainable = 0u64;
     instance.for_each_param("", &[], &mut |name, shape| {
         if workload.is_trainable(name) {
-            trainable += shape.iter().map(|&d| d as u64).product::<u64>();
+            trainable = trainable.saturating_add(shape.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64)));
         }
     });
     // `B` is the batch; every other signature symbol (`T`, `S`) is the sequence length.
@@ -105,20 +105,21 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
         let args: Vec<&crate::graph::types::TensorType> = n.args.iter().map(|a| graph.ty(*a)).collect();
         let cost = n.op.cost(&args, &n.ty);
         let flops = eval(&cost.flops);
-        forward += flops;
+        forward = forward.saturating_add(flops);
         if matches!(n.op, Op::Attention { .. }) {
-            attention += flops;
+            attention = attention.saturating_add(flops);
         }
-        if !matches!(n.op, Op::Param { .. } | Op::Input { .. } | Op::Scalar { .. } | Op::Reshape { .. }) {
-            activations += eval(&n.ty.bytes());
+        // The caller's buffers, constants and views of other values take no memory of their own.
+        if !(n.op.is_external() || n.op.is_view() || matches!(n.op, Op::Scalar { .. })) {
+            activations = activations.saturating_add(eval(&n.ty.bytes()));
         }
     }
-    let tokens = (batch * seq).max(1) as u64;
+    let tokens = batch.saturating_mul(seq).max(1) as u64;
     let mixed = workload.recipe.precision.compute().is_some();
     // f32 parameters, plus a compute copy in 2 bytes under mixed precision.
-    let params_bytes = total * if mixed { 6 } else { 4 };
+    let params_bytes = total.saturating_mul(if mixed { 6 } else { 4 });
     // Frozen parameters have no gradient and no optimizer state.
-    let grads_bytes = trainable * if mixed { 2 } else { 4 };
+    let grads_bytes = trainable.saturating_mul(if mixed { 2 } else { 4 });
     let optimizer_bytes = optimizer_bytes(instance, &workload);
     // The training graph (objective, precision, backward, pass pipeline), built once.
     let training = crate::lower(graph.clone(), &workload, crate::Lowering::Training).ok();
@@ -141,7 +142,7 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
     Report {
         model: instance.block_name.clone(),
         args,
-        params: Params { total, trainable, frozen: total - trainable, tree: children(instance, 1, &[]) },
+        params: Params { total, trainable, frozen: total.saturating_sub(trainable), tree: children(instance, 1, &[]) },
         flops: {
             let per_param = match workload.recipe.optimizer.kind {
                 Kind::Sgd { momentum, .. } if momentum > 0.0 => 3,
@@ -149,8 +150,8 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
                 Kind::Adafactor { .. } => 10,
                 Kind::Adam { .. } | Kind::AdamW { .. } => 12,
             };
-            let optimizer = trainable * per_param;
-            let train = forward + backward.unwrap_or(0) + optimizer;
+            let optimizer = trainable.saturating_mul(per_param);
+            let train = forward.saturating_add(backward.unwrap_or(0)).saturating_add(optimizer);
             Flops {
                 forward_per_token: forward / tokens,
                 forward_per_step: forward,
@@ -206,17 +207,19 @@ fn optimizer_bytes(instance: &Instance, w: &Workload) -> u64 {
         if !w.is_trainable(name) {
             return;
         }
-        let numel: u64 = shape.iter().map(|&d| d as u64).product();
-        bytes += 4 * match w.recipe.optimizer.kind {
+        // Sizes past `u64` saturate: an absurd model gets an absurd report, not a panic.
+        let numel: u64 = shape.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64));
+        let state = match w.recipe.optimizer.kind {
             Kind::Sgd { momentum, .. } if momentum > 0.0 => numel,
             Kind::Sgd { .. } => 0,
             Kind::Adafactor { .. } if shape.len() >= 2 => {
                 let (r, c) = (shape[shape.len() - 2] as u64, shape[shape.len() - 1] as u64);
-                numel / (r * c).max(1) * (r + c)
+                (numel / r.saturating_mul(c).max(1)).saturating_mul(r.saturating_add(c))
             }
             Kind::Adafactor { .. } => numel,
-            Kind::Adam { .. } | Kind::AdamW { .. } => 2 * numel,
+            Kind::Adam { .. } | Kind::AdamW { .. } => numel.saturating_mul(2),
         };
+        bytes = bytes.saturating_add(state.saturating_mul(4));
     });
     bytes
 }
@@ -251,7 +254,7 @@ fn children(instance: &Instance, multiplier: u64, lead: &[i64]) -> Vec<Node> {
                 name: w.name.clone(),
                 kind: "param".into(),
                 copies: None,
-                params: w.count() * multiplier,
+                params: w.count().saturating_mul(multiplier),
                 shape: Some(lead.iter().chain(&w.shape).copied().collect()),
                 doc: first_line(&w.docs),
                 children: Vec::new(),
@@ -267,10 +270,10 @@ fn children(instance: &Instance, multiplier: u64, lead: &[i64]) -> Vec<Node> {
                     name: s.name.clone(),
                     kind: s.instance.block_name.clone(),
                     copies: s.copies.map(|(_, n)| n as u64),
-                    params: s.instance.param_count() * n * multiplier,
+                    params: s.instance.param_count().saturating_mul(n).saturating_mul(multiplier),
                     shape: None,
                     doc: first_line(&s.docs).or_else(|| first_line(&s.instance.docs)),
-                    children: children(&s.instance, n * multiplier, &inner_lead),
+                    children: children(&s.instance, n.saturating_mul(multiplier), &inner_lead),
                 })
             }
         })

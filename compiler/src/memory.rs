@@ -35,7 +35,7 @@ pub fn kept(graph: &Graph) -> Vec<ValueId> {
 
 /// Whether a node's value counts as activation memory (not a parameter or input buffer).
 pub fn is_activation(op: &Op) -> bool {
-    !matches!(op, Op::Param { .. } | Op::Input { .. } | Op::Buffer { .. })
+    !op.is_external()
 }
 
 /// The peak of live activation bytes when `graph` runs in order and frees each value after
@@ -51,12 +51,12 @@ pub fn peak_bytes(graph: &Graph, bytes: &[u64], keep: &[ValueId]) -> u64 {
     let (mut live, mut peak) = (0u64, 0u64);
     for (i, node) in graph.nodes.iter().enumerate() {
         if is_activation(&node.op) && last[i] != usize::MAX {
-            live += bytes[i];
+            live = live.saturating_add(bytes[i]);
         }
         peak = peak.max(live);
         for &v in &frees[i] {
             if is_activation(&graph.nodes[v].op) {
-                live -= bytes[v];
+                live = live.saturating_sub(bytes[v]);
             }
         }
     }

@@ -75,10 +75,10 @@ pub fn plan(pattern: &str, shape: &[Dim], sizes: &HashMap<String, Dim>) -> Resul
             None => None,
         };
         for n in names {
+            // Solved, given, or (the group's only named axis, as in `(1 h)`) the dim itself.
             let size = match (&unknown, &solved) {
                 (Some(u), Some(s)) if u == n => s.clone(),
-                _ if group.len() == 1 => dim.clone(),
-                _ => sizes[n.as_str()].clone(),
+                _ => sizes.get(n.as_str()).cloned().unwrap_or_else(|| dim.clone()),
             };
             axes.push((n.clone(), size));
         }
@@ -147,5 +147,11 @@ mod tests {
         assert!(plan("b (h k) -> b h k", &[d("B"), d("512")], &sizes).is_err());
         assert!(plan("b t -> b", &[d("B"), d("T")], &HashMap::new()).is_err());
         assert!(plan("b t d -> b t", &[d("B"), d("T")], &HashMap::new()).is_err());
+    }
+
+    #[test]
+    fn a_group_with_one_named_axis_takes_the_dim() {
+        let p = plan("b (1 h) -> b h", &[d("B"), d("T")], &HashMap::new()).expect("valid");
+        assert_eq!(p.output, vec![d("B"), d("T")]);
     }
 }

@@ -83,8 +83,9 @@ pub struct Sub {
 }
 
 impl Weight {
+    /// The number of elements; saturates (a count past `u64` is absurd, not a panic).
     pub fn count(&self) -> u64 {
-        self.shape.iter().map(|&d| d as u64).product()
+        self.shape.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64))
     }
 }
 
@@ -102,9 +103,9 @@ impl Instance {
             .map(|m| match m {
                 Member::Weight(w) => w.count(),
                 Member::Buffer { .. } | Member::Unused(_) => 0,
-                Member::Sub(s) => s.multiplier() * s.instance.param_count(),
+                Member::Sub(s) => s.multiplier().saturating_mul(s.instance.param_count()),
             })
-            .sum()
+            .fold(0u64, u64::saturating_add)
     }
 
     /// Every parameter's checkpoint name and shape: `blocks.3.attn.wq.weight`, with a

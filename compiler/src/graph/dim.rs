@@ -2,6 +2,10 @@
 //! symbols that `forward` signatures introduce (`B`, `T`, `S`). The canonical form
 //! (sorted monomials, no zero terms) makes equality exact: `B * T` from a reshape equals
 //! `T * B` from a signature, and `4096` is just a constant polynomial.
+//!
+//! Coefficients saturate instead of overflowing: a dim beyond `i64` comes only from a
+//! program with absurd sizes, which is then refused where sizes are checked (the
+//! interpreter's size limit) instead of panicking in the arithmetic.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -48,14 +52,15 @@ impl Dim {
     pub fn add(&self, other: &Dim) -> Dim {
         let mut terms = self.terms.clone();
         for (m, c) in &other.terms {
-            *terms.entry(m.clone()).or_insert(0) += c;
+            let t = terms.entry(m.clone()).or_insert(0);
+            *t = t.saturating_add(*c);
         }
         terms.retain(|_, c| *c != 0);
         Dim { terms }
     }
 
     pub fn neg(&self) -> Dim {
-        Dim { terms: self.terms.iter().map(|(m, c)| (m.clone(), -c)).collect() }
+        Dim { terms: self.terms.iter().map(|(m, c)| (m.clone(), c.saturating_neg())).collect() }
     }
 
     pub fn sub(&self, other: &Dim) -> Dim {
@@ -68,7 +73,8 @@ impl Dim {
             for (mb, cb) in &other.terms {
                 let mut m: Monomial = ma.iter().chain(mb).cloned().collect();
                 m.sort();
-                *terms.entry(m).or_insert(0) += ca * cb;
+                let t = terms.entry(m).or_insert(0);
+                *t = t.saturating_add(ca.saturating_mul(*cb));
             }
         }
         terms.retain(|_, c| *c != 0);
@@ -79,10 +85,10 @@ impl Dim {
     /// factor of every term (`B * T / T`).
     pub fn div_exact(&self, other: &Dim) -> Option<Dim> {
         if let Some(k) = other.as_constant() {
-            if k == 0 || self.terms.values().any(|c| c % k != 0) {
+            if k == 0 || self.terms.values().any(|c| c.checked_rem(k) != Some(0)) {
                 return None;
             }
-            return Some(Dim { terms: self.terms.iter().map(|(m, c)| (m.clone(), c / k)).collect() });
+            return Some(Dim { terms: self.terms.iter().map(|(m, c)| (m.clone(), c.saturating_div(k))).collect() });
         }
         // A single monomial divisor: remove its symbols from every term.
         if other.terms.len() != 1 {
@@ -91,7 +97,7 @@ impl Dim {
         let (dm, dc) = other.terms.iter().next()?;
         let mut terms = BTreeMap::new();
         for (m, c) in &self.terms {
-            if c % dc != 0 {
+            if c.checked_rem(*dc) != Some(0) {
                 return None;
             }
             let mut rest = m.clone();
@@ -99,7 +105,7 @@ impl Dim {
                 let i = rest.iter().position(|x| x == s)?;
                 rest.remove(i);
             }
-            terms.insert(rest, c / dc);
+            terms.insert(rest, c.saturating_div(*dc));
         }
         Some(Dim { terms })
     }

@@ -307,10 +307,19 @@ impl Binary {
 
     /// Comparisons and logic give `bool`.
     pub fn is_predicate(self) -> bool {
-        matches!(
-            self,
-            Binary::Eq | Binary::Ne | Binary::Lt | Binary::Le | Binary::Gt | Binary::Ge | Binary::And | Binary::Or
-        )
+        match self {
+            Binary::Eq | Binary::Ne | Binary::Lt | Binary::Le | Binary::Gt | Binary::Ge | Binary::And | Binary::Or => {
+                true
+            }
+            Binary::Add
+            | Binary::Sub
+            | Binary::Mul
+            | Binary::Div
+            | Binary::Rem
+            | Binary::Pow
+            | Binary::Min
+            | Binary::Max => false,
+        }
     }
 }
 
@@ -356,6 +365,588 @@ fn check_axis(axis: usize, rank: usize) -> Result<(), String> {
         return Err(format!("axis {axis} is out of range for rank {rank}"));
     }
     Ok(())
+}
+
+// The integer attributes of an op (counts, amounts, bounds) are checked here for every
+// value a dim may take: what is wrong for all bindings is an error now, what depends on
+// a symbolic dim is checked again by the interpreter when the dim is bound.
+
+/// A count attribute (`k`, `n`, a window) must be at least 1, whatever the dims.
+fn check_count(what: &str, name: &str, value: i64) -> Result<(), String> {
+    if value < 1 {
+        return Err(format!("`{what}` needs {name} >= 1, found {name} = {value}"));
+    }
+    Ok(())
+}
+
+/// A count that must also fit a dim (`topk`'s `k` in the last axis): checked now when
+/// the dim is a constant, at run time otherwise.
+fn check_count_within(what: &str, name: &str, value: i64, dim: &Dim, dim_name: &str) -> Result<(), String> {
+    check_count(what, name, value)?;
+    match dim.as_constant() {
+        Some(n) if value > n => {
+            Err(format!("`{what}` needs 1 <= {name} <= {dim_name}, found {name} = {value}, {dim_name} = {n}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Target shapes (`reshape`, `broadcast`) cannot hold a negative constant dim: `-1` is
+/// not "infer this dim" here.
+fn check_shape(what: &str, shape: &[Dim]) -> Result<(), String> {
+    if shape.iter().any(|d| d.as_constant().is_some_and(|c| c < 0)) {
+        return Err(format!(
+            "`{what}` needs dims of at least 0, found {} (write each dim, as in `[B*T, d]`)",
+            shape_text(shape)
+        ));
+    }
+    Ok(())
+}
+
+/// `0 <= start <= end <= len` wherever the difference is known now (constants, or
+/// `T - 1` against `T`); the rest is checked when the dims are bound.
+fn check_bounds(start: &Dim, end: &Dim, len: &Dim) -> Result<(), String> {
+    let negative = |d: Dim| d.as_constant().is_some_and(|c| c < 0);
+    if negative(start.clone()) || negative(end.sub(start)) || negative(len.sub(end)) {
+        return Err(format!("`slice` needs 0 <= start <= end <= {len}, found start = {start}, end = {end}"));
+    }
+    Ok(())
+}
+
+/// `gather`/`scatter_add`: every axis but `axis` of `index` must fit in `x` (equal, `x`'s
+/// dim 1 for `gather`, which broadcasts it, or smaller when both are known).
+fn check_index_dims(
+    what: &str,
+    x: &TensorType,
+    index: &TensorType,
+    axis: usize,
+    broadcasts: bool,
+) -> Result<(), String> {
+    for (i, (dx, di)) in x.shape.iter().zip(&index.shape).enumerate() {
+        let fits = i == axis
+            || dx == di
+            || (broadcasts && dx.as_constant() == Some(1))
+            || match (dx.as_constant(), di.as_constant()) {
+                (Some(a), Some(b)) => b <= a,
+                // Only known when bound: the interpreter checks each position.
+                _ => true,
+            };
+        if !fits {
+            return Err(format!(
+                "`{what}` needs the index's dims to fit {} off axis {axis}, found {}",
+                x.shape_text(),
+                index.shape_text()
+            ));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// What passes ask about an op: families and effects. Each predicate is one exhaustive
+// match with no catch-all arm, so a new `Op` variant does not compile until it is
+// classified here; passes call these instead of listing variants themselves.
+impl Op {
+    /// Takes no operands: its value comes from the caller (`Input`, `Param`, `Buffer`) or
+    /// from its attributes (`Scalar`, `Arange`).
+    pub fn is_leaf(&self) -> bool {
+        match self {
+            Op::Input { .. } | Op::Param { .. } | Op::Buffer { .. } | Op::Scalar { .. } | Op::Arange { .. } => true,
+            Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Softcap { .. }
+            | Op::Cast { .. }
+            | Op::Dropout { .. }
+            | Op::Noise { .. }
+            | Op::Reduce { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::MatMul
+            | Op::Attention { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Broadcast { .. }
+            | Op::Pad { .. }
+            | Op::Embedding
+            | Op::Gather { .. }
+            | Op::ScatterAdd { .. }
+            | Op::TopK { .. }
+            | Op::OneHot { .. }
+            | Op::Cumsum { .. }
+            | Op::CrossEntropy { .. }
+            | Op::Lstm { .. }
+            | Op::MoeRoute { .. }
+            | Op::MoeDispatch
+            | Op::MoeCombine
+            | Op::MoeBalance { .. }
+            | Op::MoeZLoss
+            | Op::MoeLoad { .. }
+            | Op::MoeOverflow { .. } => false,
+        }
+    }
+
+    /// A leaf whose buffer the caller owns (data inputs, parameters, buffers): memory
+    /// accounting counts it as the caller's, not as an activation.
+    pub fn is_external(&self) -> bool {
+        match self {
+            Op::Input { .. } | Op::Param { .. } | Op::Buffer { .. } => true,
+            Op::Scalar { .. }
+            | Op::Arange { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Softcap { .. }
+            | Op::Cast { .. }
+            | Op::Dropout { .. }
+            | Op::Noise { .. }
+            | Op::Reduce { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::MatMul
+            | Op::Attention { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Broadcast { .. }
+            | Op::Pad { .. }
+            | Op::Embedding
+            | Op::Gather { .. }
+            | Op::ScatterAdd { .. }
+            | Op::TopK { .. }
+            | Op::OneHot { .. }
+            | Op::Cumsum { .. }
+            | Op::CrossEntropy { .. }
+            | Op::Lstm { .. }
+            | Op::MoeRoute { .. }
+            | Op::MoeDispatch
+            | Op::MoeCombine
+            | Op::MoeBalance { .. }
+            | Op::MoeZLoss
+            | Op::MoeLoad { .. }
+            | Op::MoeOverflow { .. } => false,
+        }
+    }
+
+    /// Each output element depends only on the operand elements at the same (broadcast)
+    /// position: a fusion pass may chain these in one loop.
+    pub fn is_elementwise(&self) -> bool {
+        match self {
+            Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Softcap { .. }
+            | Op::Cast { .. }
+            | Op::Dropout { .. }
+            | Op::Noise { .. } => true,
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Buffer { .. }
+            | Op::Scalar { .. }
+            | Op::Arange { .. }
+            | Op::Reduce { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::MatMul
+            | Op::Attention { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Broadcast { .. }
+            | Op::Pad { .. }
+            | Op::Embedding
+            | Op::Gather { .. }
+            | Op::ScatterAdd { .. }
+            | Op::TopK { .. }
+            | Op::OneHot { .. }
+            | Op::Cumsum { .. }
+            | Op::CrossEntropy { .. }
+            | Op::Lstm { .. }
+            | Op::MoeRoute { .. }
+            | Op::MoeDispatch
+            | Op::MoeCombine
+            | Op::MoeBalance { .. }
+            | Op::MoeZLoss
+            | Op::MoeLoad { .. }
+            | Op::MoeOverflow { .. } => false,
+        }
+    }
+
+    /// Folds axes away (sum, max, ...) or averages over tokens into a statistic (the loss,
+    /// the router's losses and loads): a result has fewer elements than its operand.
+    pub fn is_reduction(&self) -> bool {
+        match self {
+            Op::Reduce { .. }
+            | Op::CrossEntropy { .. }
+            | Op::MoeBalance { .. }
+            | Op::MoeZLoss
+            | Op::MoeLoad { .. }
+            | Op::MoeOverflow { .. } => true,
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Buffer { .. }
+            | Op::Scalar { .. }
+            | Op::Arange { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Softcap { .. }
+            | Op::Cast { .. }
+            | Op::Dropout { .. }
+            | Op::Noise { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::MatMul
+            | Op::Attention { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Broadcast { .. }
+            | Op::Pad { .. }
+            | Op::Embedding
+            | Op::Gather { .. }
+            | Op::ScatterAdd { .. }
+            | Op::TopK { .. }
+            | Op::OneHot { .. }
+            | Op::Cumsum { .. }
+            | Op::Lstm { .. }
+            | Op::MoeRoute { .. }
+            | Op::MoeDispatch
+            | Op::MoeCombine => false,
+        }
+    }
+
+    /// A product summed over a shared axis that runs as one matrix-engine call (`@`,
+    /// attention's two products). The LSTM and the MoE dispatch/combine contain products
+    /// too, but are a recurrence and a routed copy, and are not classed here.
+    pub fn is_contraction(&self) -> bool {
+        match self {
+            Op::MatMul | Op::Attention { .. } => true,
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Buffer { .. }
+            | Op::Scalar { .. }
+            | Op::Arange { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Softcap { .. }
+            | Op::Cast { .. }
+            | Op::Dropout { .. }
+            | Op::Noise { .. }
+            | Op::Reduce { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Broadcast { .. }
+            | Op::Pad { .. }
+            | Op::Embedding
+            | Op::Gather { .. }
+            | Op::ScatterAdd { .. }
+            | Op::TopK { .. }
+            | Op::OneHot { .. }
+            | Op::Cumsum { .. }
+            | Op::CrossEntropy { .. }
+            | Op::Lstm { .. }
+            | Op::MoeRoute { .. }
+            | Op::MoeDispatch
+            | Op::MoeCombine
+            | Op::MoeBalance { .. }
+            | Op::MoeZLoss
+            | Op::MoeLoad { .. }
+            | Op::MoeOverflow { .. } => false,
+        }
+    }
+
+    /// Loses accuracy when computed in 16-bit floats: sums over many elements,
+    /// exponentials normalised over an axis, the loss, running sums, the recurrence, and
+    /// the router (its noise, its choice and its statistics, which small logit differences
+    /// decide). Mixed precision runs these in f32, as PyTorch's autocast does.
+    pub fn is_precision_sensitive(&self) -> bool {
+        match self {
+            Op::Reduce { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::CrossEntropy { .. }
+            | Op::Cumsum { .. }
+            | Op::Lstm { .. }
+            | Op::MoeRoute { .. }
+            | Op::Noise { .. }
+            | Op::MoeBalance { .. }
+            | Op::MoeZLoss
+            | Op::MoeLoad { .. }
+            | Op::MoeOverflow { .. } => true,
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Buffer { .. }
+            | Op::Scalar { .. }
+            | Op::Arange { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Softcap { .. }
+            | Op::Cast { .. }
+            | Op::Dropout { .. }
+            | Op::MatMul
+            | Op::Attention { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Broadcast { .. }
+            | Op::Pad { .. }
+            | Op::Embedding
+            | Op::Gather { .. }
+            | Op::ScatterAdd { .. }
+            | Op::TopK { .. }
+            | Op::OneHot { .. }
+            | Op::MoeDispatch
+            | Op::MoeCombine => false,
+        }
+    }
+
+    /// Only moves or repeats elements, with no arithmetic and no data-dependent index:
+    /// reshape, transpose, slice, concat, broadcast and constant padding.
+    pub fn is_layout(&self) -> bool {
+        match self {
+            Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Broadcast { .. }
+            | Op::Pad { .. } => true,
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Buffer { .. }
+            | Op::Scalar { .. }
+            | Op::Arange { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Softcap { .. }
+            | Op::Cast { .. }
+            | Op::Dropout { .. }
+            | Op::Noise { .. }
+            | Op::Reduce { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::MatMul
+            | Op::Attention { .. }
+            | Op::Embedding
+            | Op::Gather { .. }
+            | Op::ScatterAdd { .. }
+            | Op::TopK { .. }
+            | Op::OneHot { .. }
+            | Op::Cumsum { .. }
+            | Op::CrossEntropy { .. }
+            | Op::Lstm { .. }
+            | Op::MoeRoute { .. }
+            | Op::MoeDispatch
+            | Op::MoeCombine
+            | Op::MoeBalance { .. }
+            | Op::MoeZLoss
+            | Op::MoeLoad { .. }
+            | Op::MoeOverflow { .. } => false,
+        }
+    }
+
+    /// The result can reuse its operand's buffer as it is (a reshape of a contiguous
+    /// tensor): it costs no activation memory of its own. Other layout ops copy.
+    pub fn is_view(&self) -> bool {
+        match self {
+            Op::Reshape { .. } => true,
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Buffer { .. }
+            | Op::Scalar { .. }
+            | Op::Arange { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Softcap { .. }
+            | Op::Cast { .. }
+            | Op::Dropout { .. }
+            | Op::Noise { .. }
+            | Op::Reduce { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::MatMul
+            | Op::Attention { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Broadcast { .. }
+            | Op::Pad { .. }
+            | Op::Embedding
+            | Op::Gather { .. }
+            | Op::ScatterAdd { .. }
+            | Op::TopK { .. }
+            | Op::OneHot { .. }
+            | Op::Cumsum { .. }
+            | Op::CrossEntropy { .. }
+            | Op::Lstm { .. }
+            | Op::MoeRoute { .. }
+            | Op::MoeDispatch
+            | Op::MoeCombine
+            | Op::MoeBalance { .. }
+            | Op::MoeZLoss
+            | Op::MoeLoad { .. }
+            | Op::MoeOverflow { .. } => false,
+        }
+    }
+
+    /// Draws from a random stream named by its `key` (in training only): two nodes with the
+    /// same key draw the same numbers, so the backward and recomputation replay them, but
+    /// such a node is not a pure function of its operands alone.
+    pub fn is_random(&self) -> bool {
+        match self {
+            Op::Dropout { .. } | Op::Noise { .. } => true,
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Buffer { .. }
+            | Op::Scalar { .. }
+            | Op::Arange { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Softcap { .. }
+            | Op::Cast { .. }
+            | Op::Reduce { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::MatMul
+            | Op::Attention { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Broadcast { .. }
+            | Op::Pad { .. }
+            | Op::Embedding
+            | Op::Gather { .. }
+            | Op::ScatterAdd { .. }
+            | Op::TopK { .. }
+            | Op::OneHot { .. }
+            | Op::Cumsum { .. }
+            | Op::CrossEntropy { .. }
+            | Op::Lstm { .. }
+            | Op::MoeRoute { .. }
+            | Op::MoeDispatch
+            | Op::MoeCombine
+            | Op::MoeBalance { .. }
+            | Op::MoeZLoss
+            | Op::MoeLoad { .. }
+            | Op::MoeOverflow { .. } => false,
+        }
+    }
+
+    /// Autodiff derives this op's vector-Jacobian product (`autodiff::vjp`). Leaves have
+    /// nothing to derive; an op whose gradient is zero or undefined almost everywhere
+    /// (comparisons, top-k indices, routing loads) has one, which sends nothing back.
+    pub fn has_gradient(&self) -> bool {
+        match self {
+            Op::Lstm { .. } => false,
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Buffer { .. }
+            | Op::Scalar { .. }
+            | Op::Arange { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Softcap { .. }
+            | Op::Cast { .. }
+            | Op::Dropout { .. }
+            | Op::Noise { .. }
+            | Op::Reduce { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::MatMul
+            | Op::Attention { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Broadcast { .. }
+            | Op::Pad { .. }
+            | Op::Embedding
+            | Op::Gather { .. }
+            | Op::ScatterAdd { .. }
+            | Op::TopK { .. }
+            | Op::OneHot { .. }
+            | Op::Cumsum { .. }
+            | Op::CrossEntropy { .. }
+            | Op::MoeRoute { .. }
+            | Op::MoeDispatch
+            | Op::MoeCombine
+            | Op::MoeBalance { .. }
+            | Op::MoeZLoss
+            | Op::MoeLoad { .. }
+            | Op::MoeOverflow { .. } => true,
+        }
+    }
+
+    /// The batching rule (as in `vmap`): this op applied to operands that carry one more
+    /// leading axis, of size `n`, so that `stack(n)` copies run as one node. Axis
+    /// attributes shift by one and target shapes gain `n` in front; elementwise ops and
+    /// `@` broadcast over the new axis as they are. `None` where no rule is written yet;
+    /// leaves have no operands to batch (a stacked call copies them unchanged).
+    pub fn batched(&self, n: &Dim) -> Option<Op> {
+        let shift = |a: &usize| a + 1;
+        let prefixed = |shape: &[Dim]| std::iter::once(n.clone()).chain(shape.iter().cloned()).collect();
+        Some(match self {
+            Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Softcap { .. }
+            | Op::Cast { .. }
+            | Op::Dropout { .. }
+            | Op::Noise { .. }
+            | Op::MatMul
+            | Op::Embedding => self.clone(),
+            Op::Reduce { kind, axes, keepdim } => {
+                Op::Reduce { kind: *kind, axes: axes.iter().map(shift).collect(), keepdim: *keepdim }
+            }
+            Op::Softmax { axis } => Op::Softmax { axis: shift(axis) },
+            Op::LogSoftmax { axis } => Op::LogSoftmax { axis: shift(axis) },
+            Op::Cumsum { axis } => Op::Cumsum { axis: shift(axis) },
+            Op::Slice { axis, start, end } => Op::Slice { axis: shift(axis), start: start.clone(), end: end.clone() },
+            Op::Concat { axis } => Op::Concat { axis: shift(axis) },
+            Op::Transpose { perm } => {
+                Op::Transpose { perm: std::iter::once(0).chain(perm.iter().map(shift)).collect() }
+            }
+            Op::Reshape { shape } => Op::Reshape { shape: prefixed(shape) },
+            Op::Broadcast { shape } => Op::Broadcast { shape: prefixed(shape) },
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Buffer { .. }
+            | Op::Scalar { .. }
+            | Op::Arange { .. }
+            | Op::Attention { .. }
+            | Op::Pad { .. }
+            | Op::Gather { .. }
+            | Op::ScatterAdd { .. }
+            | Op::TopK { .. }
+            | Op::OneHot { .. }
+            | Op::CrossEntropy { .. }
+            | Op::Lstm { .. }
+            | Op::MoeRoute { .. }
+            | Op::MoeDispatch
+            | Op::MoeCombine
+            | Op::MoeBalance { .. }
+            | Op::MoeZLoss
+            | Op::MoeLoad { .. }
+            | Op::MoeOverflow { .. } => return None,
+        })
+    }
 }
 
 impl Op {
@@ -478,7 +1069,12 @@ impl Op {
                 Err("a leaf's type comes from its declaration".into())
             }
             Op::Scalar { .. } => Ok(TensorType::scalar(DType::F32)),
-            Op::Arange { n } => Ok(TensorType::new(DType::I32, vec![n.clone()])),
+            Op::Arange { n } => {
+                if n.as_constant().is_some_and(|c| c < 0) {
+                    return Err(format!("`arange` needs a length of at least 0, found {n}"));
+                }
+                Ok(TensorType::new(DType::I32, vec![n.clone()]))
+            }
             Op::Unary(u) => {
                 arity(1)?;
                 if *u == Unary::Not && args[0].dtype != DType::Bool {
@@ -518,7 +1114,22 @@ impl Op {
                     .map_err(|e| format!("`where` arguments do not broadcast: {e}"))?;
                 Ok(TensorType::new(args[1].dtype, s))
             }
-            Op::Softcap { .. } | Op::Dropout { .. } | Op::Noise { .. } => {
+            Op::Softcap { cap } => {
+                arity(1)?;
+                if !(*cap > 0.0 && cap.is_finite()) {
+                    return Err(format!("`softcap` needs a positive cap, found {cap:?}"));
+                }
+                Ok(args[0].clone())
+            }
+            Op::Dropout { p, .. } => {
+                arity(1)?;
+                // p = 1 would scale the kept elements (none) by 1/0.
+                if !(0.0..1.0).contains(p) {
+                    return Err(format!("`dropout` needs 0 <= p < 1, found p = {p:?}"));
+                }
+                Ok(args[0].clone())
+            }
+            Op::Noise { .. } => {
                 arity(1)?;
                 Ok(args[0].clone())
             }
@@ -528,8 +1139,11 @@ impl Op {
             }
             Op::Reduce { axes, keepdim, .. } => {
                 arity(1)?;
-                for &a in axes {
+                for (i, &a) in axes.iter().enumerate() {
                     check_axis(a, args[0].rank())?;
+                    if axes[..i].contains(&a) {
+                        return Err(format!("axis {a} is reduced twice in {axes:?}"));
+                    }
                 }
                 let shape = args[0]
                     .shape
@@ -576,8 +1190,14 @@ impl Op {
                 shape.extend([m.clone(), n.clone()]);
                 Ok(TensorType::new(a.dtype, shape))
             }
-            Op::Attention { has_bias, .. } => {
+            Op::Attention { has_bias, window, softcap, .. } => {
                 arity(if *has_bias { 4 } else { 3 })?;
+                if let Some(w) = window {
+                    check_count("attention", "window", *w)?;
+                }
+                if let Some(c) = softcap.filter(|c| !(*c > 0.0 && c.is_finite())) {
+                    return Err(format!("`attention` needs a positive softcap, found {c:?}"));
+                }
                 let (q, k, v) = (args[0], args[1], args[2]);
                 if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 {
                     return Err(format!(
@@ -633,6 +1253,7 @@ impl Op {
             }
             Op::Reshape { shape } => {
                 arity(1)?;
+                check_shape("reshape", shape)?;
                 let to = TensorType::new(args[0].dtype, shape.clone());
                 if to.numel() != args[0].numel() {
                     return Err(format!(
@@ -661,6 +1282,7 @@ impl Op {
             Op::Slice { axis, start, end } => {
                 arity(1)?;
                 check_axis(*axis, args[0].rank())?;
+                check_bounds(start, end, &args[0].shape[*axis])?;
                 let mut shape = args[0].shape.clone();
                 shape[*axis] = end.sub(start);
                 Ok(TensorType::new(args[0].dtype, shape))
@@ -690,6 +1312,7 @@ impl Op {
             }
             Op::Broadcast { shape } => {
                 arity(1)?;
+                check_shape("broadcast", shape)?;
                 let b = broadcast(&args[0].shape, shape)
                     .map_err(|e| format!("cannot broadcast {} to {}: {e}", args[0].shape_text(), shape_text(shape)))?;
                 if b != *shape {
@@ -703,8 +1326,10 @@ impl Op {
                 if *before < 0 || *after < 0 {
                     return Err(format!("`pad` takes non-negative amounts, found {before} and {after}"));
                 }
+                let grow =
+                    before.checked_add(*after).ok_or_else(|| format!("`pad` by {before} + {after} overflows"))?;
                 let mut shape = args[0].shape.clone();
-                shape[*axis] = shape[*axis].add(&Dim::constant(before + after));
+                shape[*axis] = shape[*axis].add(&Dim::constant(grow));
                 Ok(TensorType::new(args[0].dtype, shape))
             }
             Op::Gather { axis } => {
@@ -717,6 +1342,7 @@ impl Op {
                         x.shape_text()
                     ));
                 }
+                check_index_dims("gather", x, index, *axis, true)?;
                 Ok(TensorType::new(x.dtype, index.shape.clone()))
             }
             Op::ScatterAdd { axis } => {
@@ -731,14 +1357,18 @@ impl Op {
                         src.shape_text()
                     ));
                 }
+                check_index_dims("scatter_add", x, index, *axis, false)?;
                 Ok(x.clone())
             }
             Op::TopK { k, indices } => {
                 arity(1)?;
                 let x = args[0];
                 let Some(last) = x.shape.last() else { return Err("`topk` needs at least one axis".into()) };
+                // k < 1 is wrong for every binding of a symbolic last axis, so it is
+                // rejected here; k above a symbolic axis is checked when it is bound.
+                check_count("topk", "k", *k)?;
                 if let Some(n) = last.as_constant() {
-                    if *k < 1 || *k > n {
+                    if *k > n {
                         return Err(format!("`topk` needs 1 <= k <= {n}, found k = {k}"));
                     }
                 }
@@ -764,6 +1394,7 @@ impl Op {
                 if !matches!(args[0].dtype, DType::I32 | DType::I64) {
                     return Err(format!("`one_hot` needs integer ids, found {}", args[0]));
                 }
+                check_count("one_hot", "n", *n)?;
                 let mut shape = args[0].shape.clone();
                 shape.push(Dim::constant(*n));
                 Ok(TensorType::new(DType::F32, shape))
@@ -779,6 +1410,12 @@ impl Op {
                         "`cross_entropy` needs logits [..., V] and targets [...], found {} and {}",
                         logits.shape_text(),
                         targets.shape_text()
+                    ));
+                }
+                if logits.shape[targets.rank()].as_constant().is_some_and(|v| v < 1) {
+                    return Err(format!(
+                        "`cross_entropy` needs at least one class, found logits {}",
+                        logits.shape_text()
                     ));
                 }
                 Ok(TensorType::scalar(DType::F32))
@@ -811,10 +1448,9 @@ impl Op {
                 if logits.rank() != 2 {
                     return Err(format!("`moe_route` takes router logits [N, E], found {}", logits.shape_text()));
                 }
-                if let Some(e) = logits.shape[1].as_constant() {
-                    if *k < 1 || *k > e {
-                        return Err(format!("`moe_route` needs 1 <= k <= E, found k = {k}, E = {e}"));
-                    }
+                check_count_within("moe_route", "k", *k, &logits.shape[1], "E")?;
+                if capacity.as_constant().is_some_and(|c| c < 0) {
+                    return Err(format!("`moe_route` needs a capacity of at least 0, found {capacity}"));
                 }
                 Ok(TensorType::new(
                     logits.dtype,
@@ -845,16 +1481,30 @@ impl Op {
                 }
                 Ok(TensorType::new(y.dtype, vec![route.shape[0].clone(), y.shape[2].clone()]))
             }
-            Op::MoeBalance { .. } | Op::MoeOverflow { .. } => {
+            Op::MoeBalance { k } | Op::MoeOverflow { k } => {
                 arity(2)?;
+                let (logits, route) = (args[0], args[1]);
+                if logits.rank() != 2 || route.rank() != 3 || route.shape[..2] != logits.shape[..] {
+                    return Err(format!(
+                        "`{}` takes router logits [N, E] and their route [N, E, C], found {} and {}",
+                        self.name(),
+                        logits.shape_text(),
+                        route.shape_text()
+                    ));
+                }
+                check_count_within(&self.name(), "k", *k, &logits.shape[1], "E")?;
                 Ok(TensorType::scalar(DType::F32))
             }
             Op::MoeZLoss => {
                 arity(1)?;
+                if args[0].rank() != 2 || !args[0].dtype.is_float() {
+                    return Err(format!("`moe_zloss` takes router logits [N, E], found {}", args[0]));
+                }
                 Ok(TensorType::scalar(DType::F32))
             }
-            Op::MoeLoad { .. } => {
+            Op::MoeLoad { k } => {
                 arity(1)?;
+                check_count("moe_load", "k", *k)?;
                 if args[0].rank() != 3 {
                     return Err(format!("`moe_load` takes a route [N, E, C], found {}", args[0].shape_text()));
                 }
@@ -921,52 +1571,5 @@ impl Op {
             Op::MoeZLoss => args[0].numel().mul(&Dim::constant(6)),
         };
         Cost { flops, bytes: moved }
-    }
-}
-
-/// Properties the Graph IR passes ask about (`passes/`), so no pass lists variants itself.
-impl Op {
-    /// Draws from a random stream (`dropout`, `noise`): its value depends on the run's
-    /// seed and on training mode, not only on its arguments.
-    pub fn is_random(&self) -> bool {
-        match self {
-            Op::Dropout { .. } | Op::Noise { .. } => true,
-            Op::Input { .. }
-            | Op::Param { .. }
-            | Op::Buffer { .. }
-            | Op::Scalar { .. }
-            | Op::Arange { .. }
-            | Op::Unary(_)
-            | Op::Binary(_)
-            | Op::Where
-            | Op::Softcap { .. }
-            | Op::Cast { .. }
-            | Op::Reduce { .. }
-            | Op::Softmax { .. }
-            | Op::LogSoftmax { .. }
-            | Op::MatMul
-            | Op::Attention { .. }
-            | Op::Reshape { .. }
-            | Op::Transpose { .. }
-            | Op::Slice { .. }
-            | Op::Concat { .. }
-            | Op::Broadcast { .. }
-            | Op::Pad { .. }
-            | Op::Embedding
-            | Op::Gather { .. }
-            | Op::ScatterAdd { .. }
-            | Op::TopK { .. }
-            | Op::OneHot { .. }
-            | Op::Cumsum { .. }
-            | Op::CrossEntropy { .. }
-            | Op::Lstm { .. }
-            | Op::MoeRoute { .. }
-            | Op::MoeDispatch
-            | Op::MoeCombine
-            | Op::MoeBalance { .. }
-            | Op::MoeZLoss
-            | Op::MoeLoad { .. }
-            | Op::MoeOverflow { .. } => false,
-        }
     }
 }

@@ -128,8 +128,17 @@ fn execute(
     let mut values: Vec<Tensor> = Vec::with_capacity(graph.nodes.len());
     for (node, leaf) in graph.nodes.iter().zip(leaves) {
         let args: Vec<&Tensor> = node.args.iter().map(|a| &values[a.0 as usize]).collect();
-        let mut v = eval(&node.op, &args, node.ty.dtype, *leaf, &dim, options)?;
+        // The result's size, known before the op runs: one too large for memory is an
+        // error here, not a failed allocation inside the op.
         let want: Vec<usize> = node.ty.shape.iter().map(&dim).collect::<Result<_, _>>()?;
+        if want.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_none_or(|n| n > MAX_ELEMENTS) {
+            return Err(RunError(format!(
+                "{} would make {want:?}, too large for the interpreter (in {})",
+                node.op.name(),
+                node.scope
+            )));
+        }
+        let mut v = eval(&node.op, &args, node.ty.dtype, *leaf, &dim, options)?;
         if v.shape != want {
             return Err(RunError(format!(
                 "{} made shape {:?}, its type says {:?} (in {})",
@@ -157,6 +166,19 @@ fn execute(
         }
     }
     Ok((values, peak))
+}
+
+/// The most elements one value may have (2^32: 32 GiB of f64), far beyond what the
+/// reference interpreter runs in reasonable time.
+const MAX_ELEMENTS: usize = 1 << 32;
+
+/// A count attribute as a `usize` within `1..=limit`, or what is wrong: shape rules check
+/// counts against constant dims, and this against dims bound at run time.
+fn count_within(what: &str, name: &str, value: i64, limit: usize) -> Result<usize, RunError> {
+    match usize::try_from(value) {
+        Ok(v) if (1..=limit).contains(&v) => Ok(v),
+        _ => Err(RunError(format!("`{what}` needs 1 <= {name} <= {limit}, found {name} = {value}"))),
+    }
 }
 
 /// Binds the symbols of the inputs' declared types (`B`, `T`) from the actual shapes.
@@ -261,7 +283,9 @@ fn reduce(x: &Tensor, kind: Reduce, axes: &[usize], keepdim: bool) -> Tensor {
     let perm: Vec<usize> = kept.iter().chain(axes.iter()).copied().collect();
     let moved = transpose(x, &perm);
     let len: usize = axes.iter().map(|&a| x.shape[a]).product();
-    let groups = moved.numel().checked_div(len).unwrap_or(0);
+    // From the kept dims, not numel / len: reducing an empty axis still gives one value
+    // per group (a sum of nothing is 0).
+    let groups: usize = kept.iter().map(|&a| x.shape[a]).product();
     let mut data = Vec::with_capacity(groups);
     for g in 0..groups {
         let run = &moved.data[g * len..(g + 1) * len];
@@ -319,6 +343,15 @@ fn ravel(idx: &[usize], shape: &[usize]) -> usize {
     idx.iter().zip(shape).fold(0, |acc, (i, s)| acc * s + i)
 }
 
+/// Whether a position lies inside `shape` (an index tensor's other axes may be longer
+/// than `x`'s when their dims are only bound at run time).
+fn fits(pos: &[usize], shape: &[usize], what: &str) -> Result<(), RunError> {
+    if pos.iter().zip(shape).any(|(p, s)| p >= s) {
+        return Err(RunError(format!("`{what}` index position {pos:?} is outside {shape:?}")));
+    }
+    Ok(())
+}
+
 fn index(v: f64, len: usize, what: &str) -> Result<usize, RunError> {
     if v < 0.0 || v >= len as f64 || v.fract() != 0.0 {
         return Err(RunError(format!("{what} index {v} is out of range 0..{len}")));
@@ -331,8 +364,9 @@ fn index(v: f64, len: usize, what: &str) -> Result<usize, RunError> {
 /// renormalised over the k; then slots are given in GShard order (every token's first
 /// choice in token order, then every second choice, ...), and an assignment past an
 /// expert's `C` slots is dropped (weight 0: the residual carries the token).
-fn moe_route(logits: &Tensor, k: usize, capacity: usize) -> Tensor {
+fn moe_route(logits: &Tensor, k: i64, capacity: usize) -> Result<Tensor, RunError> {
     let (n, e) = (logits.shape[0], logits.shape[1]);
+    let k = count_within("moe_route", "k", k, e)?;
     let probs = softmax(logits, 1, false);
     let mut choices = vec![Vec::new(); n];
     for (t, c) in choices.iter_mut().enumerate() {
@@ -354,7 +388,7 @@ fn moe_route(logits: &Tensor, k: usize, capacity: usize) -> Tensor {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 fn eval(
@@ -462,6 +496,11 @@ fn eval(
         Op::LogSoftmax { axis } => softmax(args[0], *axis, true),
         Op::MatMul => matmul(args[0], args[1]),
         Op::Attention { causal, window, softcap, scale, has_bias } => {
+            // Head counts are checked by the shape rule when both are constants.
+            let (h, hkv) = (args[0].shape[1], args[1].shape[1]);
+            if hkv == 0 || h % hkv != 0 {
+                return Err(RunError(format!("`attention` needs H % Hkv == 0, found H = {h}, Hkv = {hkv}")));
+            }
             attention(args, *causal, *window, *softcap, *scale, *has_bias)
         }
         Op::Reshape { shape } => Tensor::new(shape.iter().map(dim).collect::<Result<_, _>>()?, args[0].data.clone()),
@@ -470,6 +509,9 @@ fn eval(
             let (s, e) = (dim(start)?, dim(end)?);
             let x = args[0];
             let (outer, len, inner) = around(&x.shape, *axis);
+            if s > e || e > len {
+                return Err(RunError(format!("`slice` needs 0 <= start <= end <= {len}, found {s}..{e}")));
+            }
             let mut data = Vec::with_capacity(outer * (e - s) * inner);
             for o in 0..outer {
                 data.extend_from_slice(&x.data[o * len * inner + s * inner..o * len * inner + e * inner]);
@@ -495,7 +537,8 @@ fn eval(
         Op::Pad { axis, before, after, value } => {
             let x = args[0];
             let (outer, len, inner) = around(&x.shape, *axis);
-            let (b, a) = (*before as usize, *after as usize);
+            let amount = |v: i64| usize::try_from(v).map_err(|_| RunError(format!("`pad` by {v}")));
+            let (b, a) = (amount(*before)?, amount(*after)?);
             let mut data = Vec::with_capacity(outer * (len + b + a) * inner);
             for o in 0..outer {
                 data.extend(std::iter::repeat_n(*value, b * inner));
@@ -525,6 +568,7 @@ fn eval(
                 let mut pos = unravel(i, &idx.shape);
                 pos[*axis] = index(at, x.shape[*axis], "gather")?;
                 let pos: Vec<usize> = pos.iter().zip(&x.shape).map(|(p, s)| if *s == 1 { 0 } else { *p }).collect();
+                fits(&pos, &x.shape, "gather")?;
                 data.push(x.data[ravel(&pos, &x.shape)]);
             }
             Tensor::new(idx.shape.clone(), data)
@@ -535,6 +579,7 @@ fn eval(
             for (i, &at) in idx.data.iter().enumerate() {
                 let mut pos = unravel(i, &idx.shape);
                 pos[*axis] = index(at, x.shape[*axis], "scatter_add")?;
+                fits(&pos, &x.shape, "scatter_add")?;
                 out.data[ravel(&pos, &x.shape)] += src.data[i];
             }
             out
@@ -542,7 +587,7 @@ fn eval(
         Op::TopK { k, indices } => {
             let x = args[0];
             let n = *x.shape.last().unwrap_or(&1);
-            let k = *k as usize;
+            let k = count_within("topk", "k", *k, n)?;
             let mut data = Vec::with_capacity(x.numel() / n.max(1) * k);
             for row in x.data.chunks(n.max(1)) {
                 let mut order: Vec<usize> = (0..n).collect();
@@ -556,7 +601,7 @@ fn eval(
             Tensor::new(shape, data)
         }
         Op::OneHot { n } => {
-            let n = *n as usize;
+            let n = count_within("one_hot", "n", *n, usize::MAX)?;
             let mut data = vec![0.0; args[0].numel() * n];
             for (i, &id) in args[0].data.iter().enumerate() {
                 data[i * n + index(id, n, "one_hot")?] = 1.0;
@@ -581,6 +626,9 @@ fn eval(
         Op::CrossEntropy { ignore } => {
             let (logits, targets) = (args[0], args[1]);
             let v = *logits.shape.last().unwrap_or(&1);
+            if v == 0 {
+                return Err(RunError("`cross_entropy` over no classes".into()));
+            }
             let (mut total, mut count) = (0.0, 0usize);
             for (row, &t) in logits.data.chunks(v).zip(&targets.data) {
                 if t == *ignore as f64 {
@@ -593,7 +641,7 @@ fn eval(
             Tensor::scalar(if count == 0 { 0.0 } else { total / count as f64 })
         }
         Op::Lstm { reverse } => lstm(args, *reverse),
-        Op::MoeRoute { k, capacity } => moe_route(args[0], *k as usize, dim(capacity)?),
+        Op::MoeRoute { k, capacity } => moe_route(args[0], *k, dim(capacity)?)?,
         Op::MoeDispatch => {
             let (route, x) = (args[0], args[1]);
             let (n, e, c, d) = (route.shape[0], route.shape[1], route.shape[2], x.shape[1]);
@@ -628,6 +676,7 @@ fn eval(
             // (before capacity), P_i the mean router probability of i.
             let logits = args[0];
             let (n, e) = (logits.shape[0], logits.shape[1]);
+            let k = count_within("moe_balance", "k", *k, e)?;
             let probs = softmax(logits, 1, false);
             let mut f = vec![0.0; e];
             let mut p = vec![0.0; e];
@@ -635,8 +684,8 @@ fn eval(
                 let row = &probs.data[t * e..(t + 1) * e];
                 let mut order: Vec<usize> = (0..e).collect();
                 order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-                for &x in &order[..*k as usize] {
-                    f[x] += 1.0 / (n as f64 * *k as f64);
+                for &x in &order[..k] {
+                    f[x] += 1.0 / (n as f64 * k as f64);
                 }
                 for x in 0..e {
                     p[x] += row[x] / n as f64;
@@ -647,6 +696,9 @@ fn eval(
         Op::MoeZLoss => {
             let logits = args[0];
             let e = logits.shape[1];
+            if e == 0 {
+                return Err(RunError("`moe_zloss` over no experts".into()));
+            }
             let n = logits.shape[0].max(1);
             Tensor::scalar(
                 logits.data.chunks(e).map(|row| log_sum_exp(row.iter().copied()).powi(2)).sum::<f64>() / n as f64,

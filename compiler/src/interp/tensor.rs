@@ -46,13 +46,18 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
 }
 
 /// The broadcast shape of two shapes (NumPy rules); the shape rule already checked it.
+/// A dim of 1 takes the other's size, so an empty dim (0) stays empty.
 pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Vec<usize> {
     let n = a.len().max(b.len());
     (0..n)
         .map(|i| {
             let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
             let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
-            da.max(db)
+            if da == 1 {
+                db
+            } else {
+                da
+            }
         })
         .collect()
 }

@@ -31,44 +31,15 @@ enum Class {
 }
 
 fn class(op: &Op) -> Class {
-    match op {
-        Op::MatMul | Op::Attention { .. } => Class::Low,
-        Op::Reduce { .. }
-        | Op::Softmax { .. }
-        | Op::LogSoftmax { .. }
-        | Op::CrossEntropy { .. }
-        | Op::Cumsum { .. }
-        | Op::Lstm { .. }
-        | Op::MoeRoute { .. }
-        | Op::Noise { .. }
-        | Op::MoeBalance { .. }
-        | Op::MoeZLoss
-        | Op::MoeLoad { .. }
-        | Op::MoeOverflow { .. } => Class::Full,
-        Op::Unary(_)
-        | Op::Binary(_)
-        | Op::Where
-        | Op::Softcap { .. }
-        | Op::Dropout { .. }
-        | Op::Reshape { .. }
-        | Op::Transpose { .. }
-        | Op::Slice { .. }
-        | Op::Concat { .. }
-        | Op::Broadcast { .. }
-        | Op::Pad { .. }
-        | Op::Embedding
-        | Op::Gather { .. }
-        | Op::ScatterAdd { .. }
-        | Op::TopK { .. }
-        | Op::OneHot { .. }
-        | Op::MoeDispatch
-        | Op::MoeCombine => Class::Widest,
-        Op::Input { .. }
-        | Op::Param { .. }
-        | Op::Buffer { .. }
-        | Op::Scalar { .. }
-        | Op::Arange { .. }
-        | Op::Cast { .. } => Class::AsWritten,
+    // A cast the model wrote keeps its dtype: it is the model's own precision decision.
+    if op.is_leaf() || matches!(op, Op::Cast { .. }) {
+        Class::AsWritten
+    } else if op.is_contraction() {
+        Class::Low
+    } else if op.is_precision_sensitive() {
+        Class::Full
+    } else {
+        Class::Widest
     }
 }
 
