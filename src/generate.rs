@@ -117,10 +117,12 @@ impl Model {
             (self.token_input.as_str(), token_tensor(rows)),
             (kv_cache::PAST, HostTensor::scalar(cache.past as f64)),
         ];
-        let tensors = std::mem::take(&mut cache.tensors);
-        for (slot, kv) in self.slots.iter().zip(tensors.chunks(2)) {
-            inputs.push((slot.k_input.as_str(), kv[0].clone()));
-            inputs.push((slot.v_input.as_str(), kv[1].clone()));
+        let mut tensors = std::mem::take(&mut cache.tensors).into_iter();
+        for slot in &self.slots {
+            let (k, v) = (tensors.next(), tensors.next());
+            let (Some(k), Some(v)) = (k, v) else { return Err("the KV cache lost a slot".into()) };
+            inputs.push((slot.k_input.as_str(), k));
+            inputs.push((slot.v_input.as_str(), v));
         }
         let mut out: Vec<HostTensor> =
             self.exe.borrow_mut().call("decode", inputs, CallOptions::default())?.into_iter().map(|(_, t)| t).collect();

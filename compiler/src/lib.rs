@@ -61,26 +61,11 @@ pub fn instantiate(program: &mut Program, target: &Target) -> Result<Instance, E
     let consts = Consts::default();
     let instance = Instantiator::new(program, &consts).instantiate(block, &args, site)?;
     // A recipe's `adapter` (LoRA, P-tuning) rewrites the tree before anything sees it.
-    let adapter = target.recipe.as_deref().and_then(|r| recipe_entry(program, r, "adapter"));
-    match adapter {
-        Some(entry) => {
-            let mut scope = Scope::new(program, &consts, 0);
-            scope.recipe = true;
-            let value = scope.eval(&entry.value)?;
-            drop(scope);
-            let adapter = adapters::parse(&value, root, entry.value.span)?;
-            adapters::apply(program, instance, &adapter, (root, entry.value.span))
-        }
+    let recipe = target.recipe.as_deref().map(|r| recipe::parse(program, r)).transpose()?;
+    match recipe.and_then(|r| r.adapter.zip(r.adapter_at)) {
+        Some((adapter, span)) => adapters::apply(program, instance, &adapter, (root, span)),
         None => Ok(instance),
     }
-}
-
-/// The entry `key` of the root file's recipe `recipe`.
-fn recipe_entry(program: &Program, recipe: &str, key: &str) -> Option<modelc_grammar::ast::Entry> {
-    program.modules[0].ast.items.iter().find_map(|it| match &it.kind {
-        ItemKind::Recipe(r) if r.name.name == recipe => r.entries.iter().find(|e| e.key.name == key).cloned(),
-        _ => None,
-    })
 }
 
 /// Everything `modelc check` verifies: every model of the root file that can be built

@@ -165,10 +165,14 @@ impl Executable for InterpExecutable {
         self.peak = Some(peak);
         self.traffic.calls += 1;
         let mut out = Vec::with_capacity(c.program.returns.len());
-        for (name, v) in &c.program.returns {
-            let t = &values[v.0 as usize];
+        for (i, (name, v)) in c.program.returns.iter().enumerate() {
+            let t = &mut values[v.0 as usize];
             self.traffic.to_host += t.data.len() as u64 * graph.ty(*v).dtype.size() as u64;
-            out.push((name.clone(), HostTensor::new(t.shape.clone(), t.data.clone())));
+            // Moved out unless a later return or an update reads the same value.
+            let shared =
+                c.program.returns[i + 1..].iter().any(|(_, w)| w == v) || c.updates.iter().any(|(_, w)| w == v);
+            let t = if shared { t.clone() } else { std::mem::replace(t, Tensor::new(vec![0], Vec::new())) };
+            out.push((name.clone(), HostTensor::new(t.shape, t.data)));
         }
         // A value may update several buffers (CSE merges equal updates, e.g. the zeroed
         // accumulators of parameters of one shape): moved at its last update, cloned before.

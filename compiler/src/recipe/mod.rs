@@ -147,6 +147,8 @@ pub struct Recipe {
     pub base: Option<String>,
     pub upcycle: Option<Upcycle>,
     pub adapter: Option<Adapter>,
+    /// Where the adapter is written, for the errors applying it reports.
+    pub adapter_at: Option<Span>,
     /// Globs of the parameters that train (`trainable`, and the adapter's); `None`: all.
     pub trainable: Option<Vec<String>>,
     pub merge: bool,
@@ -172,6 +174,7 @@ impl Recipe {
             base: None,
             upcycle: None,
             adapter: None,
+            adapter_at: None,
             trainable: None,
             merge: false,
             objective: Objective::CAUSAL_LM,
@@ -246,6 +249,7 @@ pub fn parse(program: &Program, name: &str) -> Result<Recipe, Error> {
                 let adapter = adapters::parse(&scope.eval(value)?, FileId(0), value.span)?;
                 lora_or_prompt.extend(adapter.trainable().iter().map(|g| g.to_string()));
                 out.adapter = Some(adapter);
+                out.adapter_at = Some(value.span);
             }
             "trainable" => globs = entries::trainable(&scope, value)?,
             "merge" => out.merge = entries::boolean(&scope, value, "merge")?,
