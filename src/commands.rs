@@ -263,10 +263,16 @@ fn run_params(
 }
 
 /// The backend `--backend` names, or the exit code after saying why not.
+/// A backend that exists but is not built is exit 2 (not yet); an unknown name is exit 1.
 fn backend(name: &str, report: &Reporter) -> Result<Box<dyn modelc_compiler::backend::Backend>, i32> {
     modelc_compiler::backend::select(name).map_err(|why| {
         report.plain_error(&why);
-        EXIT_UNSUPPORTED
+        let known = modelc_compiler::backend::BACKENDS.iter().any(|(n, _, _)| *n == name);
+        if known {
+            EXIT_UNSUPPORTED
+        } else {
+            EXIT_INPUT
+        }
     })
 }
 
@@ -463,12 +469,9 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
     if target.recipe.is_none() {
         target.recipe = Some("tiny".to_string());
     }
-    let backend = match modelc_compiler::backend::select(args.backend) {
+    let backend = match backend(args.backend, report) {
         Ok(b) => b,
-        Err(why) => {
-            report.plain_error(&why);
-            return EXIT_UNSUPPORTED;
-        }
+        Err(code) => return code,
     };
     let (instance, graph, w) = match interpreter_graph(&mut program, &target, Lowering::Training, report) {
         Ok(x) => x,

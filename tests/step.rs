@@ -344,4 +344,13 @@ fn backends_not_built_name_their_feature() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("cargo feature `cuda`") && !stderr.contains("panicked"), "{stderr}");
+    // A name that is no backend at all is a bad flag value: exit 1, with a did-you-mean.
+    let out = Command::new(env!("CARGO_BIN_EXE_modelc"))
+        .current_dir(root())
+        .args(["train", "examples/llama.model", "--steps", "1", "--backend", "interpp"])
+        .output()
+        .expect("running modelc");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("did you mean `interp`?"), "{stderr}");
 }
