@@ -76,8 +76,20 @@ pub fn check(paths: &[impl AsRef<Path>], report: &Reporter) -> i32 {
             code = EXIT_INPUT;
             continue;
         };
+        // Every bad recipe entry, not only the first; then everything else `check` builds
+        // (its first error, unless that is one of the entries already reported).
+        let entries = modelc_compiler::recipe::errors(&program);
+        for e in &entries {
+            report_compile_error(e, &program, report);
+        }
         if let Err(e) = modelc_compiler::check(&mut program) {
-            report_compile_error(&e, &program, report);
+            let seen = entries.iter().any(|r| r.diag.message == e.diag.message && r.diag.span == e.diag.span);
+            if !seen {
+                report_compile_error(&e, &program, report);
+            }
+            code = EXIT_INPUT;
+        }
+        if !entries.is_empty() {
             code = EXIT_INPUT;
         }
     }

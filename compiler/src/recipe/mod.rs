@@ -193,79 +193,46 @@ impl Recipe {
     }
 }
 
-/// The root file's recipe `name`, typed and validated.
+/// The root file's recipe `name`, typed and validated: the first bad entry's error.
 pub fn parse(program: &Program, name: &str) -> Result<Recipe, Error> {
+    let mut errors = Vec::new();
+    let recipe = parse_all(program, name, &mut errors);
+    match errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(recipe),
+    }
+}
+
+/// Every bad entry of every recipe of the root file, in order (`modelc check` reports
+/// them all, not only the first).
+pub fn errors(program: &Program) -> Vec<Error> {
+    let mut errors = Vec::new();
+    for item in &program.modules[0].ast.items {
+        if let ItemKind::Recipe(r) = &item.kind {
+            parse_all(program, &r.name.name, &mut errors);
+        }
+    }
+    errors
+}
+
+/// The recipe with every entry that parses; each bad entry's error goes to `errors`.
+fn parse_all(program: &Program, name: &str, errors: &mut Vec<Error>) -> Recipe {
     let recipe = program.modules[0].ast.items.iter().find_map(|it| match &it.kind {
         ItemKind::Recipe(r) if r.name.name == name => Some(r),
         _ => None,
     });
     let mut out = Recipe::default_named(name);
-    let Some(recipe) = recipe else { return Ok(out) };
+    let Some(recipe) = recipe else { return out };
     let consts = Consts::default();
     let mut scope = Scope::new(program, &consts, 0);
     scope.recipe = true;
     let mut seen: Vec<(&str, Span)> = Vec::new();
     let mut lora_or_prompt: Vec<String> = Vec::new();
     let mut globs: Vec<String> = Vec::new();
+    let before = errors.len();
     for entry in &recipe.entries {
-        let key = entry.key.name.as_str();
-        if !RECIPE_KEYS.contains(&key) {
-            let mut d = Diagnostic::error(format!("unknown recipe entry `{key}`"), entry.key.span)
-                .with_label("not a recipe key");
-            d = match suggest(key, RECIPE_KEYS.iter().copied()) {
-                Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                None => d.with_help(format!("the keys are {}", RECIPE_KEYS.join(", "))),
-            };
-            return Err(Error::new(FileId(0), d));
-        }
-        if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
-            let d = Diagnostic::error(format!("`{key}` is set twice in recipe `{name}`"), entry.key.span)
-                .with_label("second value")
-                .with_secondary(*first, "first set here")
-                .with_help("keep one");
-            return Err(Error::new(FileId(0), d));
-        }
-        seen.push((key, entry.key.span));
-        let value = &entry.value;
-        match key {
-            "model" => {
-                // `Model(...) from "PATH"`: the model itself is built by `instantiate`.
-                if let ExprKind::Binary { op: BinaryOp::From, rhs, .. } = &value.kind {
-                    match scope.eval(rhs)? {
-                        Value::Str(path) => out.base = Some(path),
-                        other => {
-                            return Err(call::error(
-                                rhs.span,
-                                format!("`from` takes a checkpoint path in quotes, found {}", other.kind()),
-                                "not a path",
-                                "write `model = Llama(...) from \"runs/llama-tiny/final.safetensors\"`",
-                            ))
-                        }
-                    }
-                }
-            }
-            "init" => out.upcycle = Some(upcycle::parse(&scope.eval(value)?, FileId(0), value.span)?),
-            "adapter" => {
-                let adapter = adapters::parse(&scope.eval(value)?, FileId(0), value.span)?;
-                lora_or_prompt.extend(adapter.trainable().iter().map(|g| g.to_string()));
-                out.adapter = Some(adapter);
-                out.adapter_at = Some(value.span);
-            }
-            "trainable" => globs = entries::trainable(&scope, value)?,
-            "merge" => out.merge = entries::boolean(&scope, value, "merge")?,
-            "objective" => out.objective = entries::objective(&scope, value)?,
-            "data" => out.data = Some(entries::data(&scope, value)?),
-            "optimizer" => out.optimizer = entries::optimizer(&scope, value)?,
-            "schedule" => out.schedule = entries::schedule(&scope, value)?,
-            "precision" => out.precision = entries::precision(&scope, value)?,
-            "recompute" => out.recompute = Some(entries::word(&scope, value, "recompute", "blocks")?),
-            "accumulate" => out.accumulate = entries::count(&scope, value, "accumulate", 1)?,
-            "clip" => out.clip = Some(entries::positive(&scope, value, "clip")?),
-            "steps" => out.steps = Some(entries::count(&scope, value, "steps", 1)?),
-            "eval" => out.eval = Some(entries::every(&scope, value, "eval")?),
-            "checkpoint" => out.checkpoint = Some(entries::every(&scope, value, "checkpoint")?),
-            "seed" => out.seed = entries::count(&scope, value, "seed", 0)?,
-            _ => unreachable!("RECIPE_KEYS lists {key}"),
+        if let Err(e) = parse_entry(&scope, entry, &mut out, &mut seen, &mut lora_or_prompt, &mut globs, name) {
+            errors.push(e);
         }
     }
     if !lora_or_prompt.is_empty() || !globs.is_empty() {
@@ -273,14 +240,86 @@ pub fn parse(program: &Program, name: &str) -> Result<Recipe, Error> {
         all.extend(globs);
         out.trainable = Some(all);
     }
-    if let (Some(base), Some(_)) = (&out.base, &out.upcycle) {
+    if let (Some(base), Some(_), true) = (&out.base, &out.upcycle, errors.len() == before) {
         let span = recipe.entries.iter().find(|e| e.key.name == "init").map_or(recipe.name.span, |e| e.value.span);
-        return Err(call::error(
+        errors.push(call::error(
             span,
             format!("the recipe starts both `from \"{base}\"` and from `init = upcycle(...)`"),
             "second starting point",
             "`from` loads a checkpoint of the same model; `upcycle` builds an MoE from a dense one: keep one",
         ));
     }
-    Ok(out)
+    out
+}
+
+/// One entry into `out`.
+fn parse_entry<'a>(
+    scope: &Scope,
+    entry: &'a modelc_grammar::ast::Entry,
+    out: &mut Recipe,
+    seen: &mut Vec<(&'a str, Span)>,
+    lora_or_prompt: &mut Vec<String>,
+    globs: &mut Vec<String>,
+    name: &str,
+) -> Result<(), Error> {
+    let key = entry.key.name.as_str();
+    if !RECIPE_KEYS.contains(&key) {
+        let mut d =
+            Diagnostic::error(format!("unknown recipe entry `{key}`"), entry.key.span).with_label("not a recipe key");
+        d = match suggest(key, RECIPE_KEYS.iter().copied()) {
+            Some(s) => d.with_help(format!("did you mean `{s}`?")),
+            None => d.with_help(format!("the keys are {}", RECIPE_KEYS.join(", "))),
+        };
+        return Err(Error::new(FileId(0), d));
+    }
+    if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+        let d = Diagnostic::error(format!("`{key}` is set twice in recipe `{name}`"), entry.key.span)
+            .with_label("second value")
+            .with_secondary(*first, "first set here")
+            .with_help("keep one");
+        return Err(Error::new(FileId(0), d));
+    }
+    seen.push((key, entry.key.span));
+    let value = &entry.value;
+    match key {
+        "model" => {
+            // `Model(...) from "PATH"`: the model itself is built by `instantiate`.
+            if let ExprKind::Binary { op: BinaryOp::From, rhs, .. } = &value.kind {
+                match scope.eval(rhs)? {
+                    Value::Str(path) => out.base = Some(path),
+                    other => {
+                        return Err(call::error(
+                            rhs.span,
+                            format!("`from` takes a checkpoint path in quotes, found {}", other.kind()),
+                            "not a path",
+                            "write `model = Llama(...) from \"runs/llama-tiny/final.safetensors\"`",
+                        ))
+                    }
+                }
+            }
+        }
+        "init" => out.upcycle = Some(upcycle::parse(&scope.eval(value)?, FileId(0), value.span)?),
+        "adapter" => {
+            let adapter = adapters::parse(&scope.eval(value)?, FileId(0), value.span)?;
+            lora_or_prompt.extend(adapter.trainable().iter().map(|g| g.to_string()));
+            out.adapter = Some(adapter);
+            out.adapter_at = Some(value.span);
+        }
+        "trainable" => *globs = entries::trainable(scope, value)?,
+        "merge" => out.merge = entries::boolean(scope, value, "merge")?,
+        "objective" => out.objective = entries::objective(scope, value)?,
+        "data" => out.data = Some(entries::data(scope, value)?),
+        "optimizer" => out.optimizer = entries::optimizer(scope, value)?,
+        "schedule" => out.schedule = entries::schedule(scope, value)?,
+        "precision" => out.precision = entries::precision(scope, value)?,
+        "recompute" => out.recompute = Some(entries::word(scope, value, "recompute", "blocks")?),
+        "accumulate" => out.accumulate = entries::count(scope, value, "accumulate", 1)?,
+        "clip" => out.clip = Some(entries::positive(scope, value, "clip")?),
+        "steps" => out.steps = Some(entries::count(scope, value, "steps", 1)?),
+        "eval" => out.eval = Some(entries::every(scope, value, "eval")?),
+        "checkpoint" => out.checkpoint = Some(entries::every(scope, value, "checkpoint")?),
+        "seed" => out.seed = entries::count(scope, value, "seed", 0)?,
+        _ => unreachable!("RECIPE_KEYS lists {key}"),
+    }
+    Ok(())
 }
