@@ -160,19 +160,15 @@ pub fn model_buffers(instance: &Instance) -> Vec<(String, TensorType)> {
 /// Every model parameter must be given (a buffer left zeroed would run silently wrong);
 /// tensors the executable has no buffer for are not the model's and are left out.
 pub fn write_params(exe: &mut dyn Executable, mut params: Tensors) -> Result<(), String> {
-    let missing: Vec<String> = exe
-        .buffers()
-        .into_iter()
-        .filter(|b| !b.name.contains(':') && !params.contains_key(&b.name))
-        .map(|b| b.name)
-        .collect();
+    let names: std::collections::HashSet<String> = exe.buffers().into_iter().map(|b| b.name).collect();
+    let mut missing: Vec<&String> = names.iter().filter(|n| !n.contains(':') && !params.contains_key(*n)).collect();
+    missing.sort();
     if let Some(first) = missing.first() {
         return Err(format!(
             "missing parameter `{first}`{}: the weights do not hold it",
             if missing.len() > 1 { format!(" (and {} more)", missing.len() - 1) } else { String::new() }
         ));
     }
-    let names: std::collections::HashSet<String> = exe.buffers().into_iter().map(|b| b.name).collect();
     params.retain(|k, _| names.contains(k));
     for (name, (shape, data)) in params {
         exe.write(&name, HostTensor::new(shape, data))?;

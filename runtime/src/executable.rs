@@ -79,9 +79,6 @@ pub trait Executable {
     /// The backend that compiled it (`interp`, ...), for banners and errors.
     fn backend(&self) -> &str;
 
-    /// Whether a program of this name was compiled in (`loss`, `step`, `apply`, ...).
-    fn has_program(&self, program: &str) -> bool;
-
     /// Runs `program` on the host `inputs` (by input name); returns the values the program
     /// declares as its returns, by name, in order. Buffers the program updates are updated
     /// in place.

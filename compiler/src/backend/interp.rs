@@ -50,6 +50,8 @@ struct Compiled {
     slots: Vec<Option<usize>>,
     /// The slot each declared update writes.
     updates: Vec<(usize, ValueId)>,
+    /// Each `input` leaf: its name, node and element size, for binding a call's inputs.
+    inputs: Vec<(String, usize, u64)>,
     /// Values read after the run (returns, updates, gradients).
     keep: Vec<ValueId>,
 }
@@ -112,7 +114,13 @@ impl InterpExecutable {
         }
         let mut keep = crate::memory::kept(&program.graph);
         keep.extend(program.returns.iter().map(|(_, v)| *v));
-        self.programs.push(Compiled { program, slots, updates, keep });
+        let inputs = (program.graph.nodes.iter().enumerate())
+            .filter_map(|(i, n)| match &n.op {
+                Op::Input { name } => Some((name.clone(), i, n.ty.dtype.size() as u64)),
+                _ => None,
+            })
+            .collect();
+        self.programs.push(Compiled { program, slots, updates, inputs, keep });
         Ok(())
     }
 
@@ -124,10 +132,6 @@ impl InterpExecutable {
 impl Executable for InterpExecutable {
     fn backend(&self) -> &str {
         "interp"
-    }
-
-    fn has_program(&self, program: &str) -> bool {
-        self.programs.iter().any(|c| c.program.name == program)
     }
 
     fn call(
@@ -142,21 +146,18 @@ impl Executable for InterpExecutable {
             .find(|c| c.program.name == program)
             .ok_or_else(|| format!("no program `{program}` was compiled"))?;
         let graph = &c.program.graph;
-        let mut given: Vec<(&str, Tensor)> = Vec::with_capacity(inputs.len());
+        // Each given input bound to its leaf by node index.
+        let mut given: Vec<Option<Tensor>> = vec![None; graph.nodes.len()];
         for (name, t) in inputs {
-            let node = graph.nodes.iter().find(|n| matches!(&n.op, Op::Input { name: m } if m == name));
-            let node = node.ok_or_else(|| format!("program `{program}` takes no input `{name}`"))?;
-            self.traffic.to_device += t.numel() as u64 * node.ty.dtype.size() as u64;
-            given.push((name, Tensor::new(t.shape, t.data)));
+            let (_, node, size) = (c.inputs.iter().find(|(n, _, _)| n == name))
+                .ok_or_else(|| format!("program `{program}` takes no input `{name}`"))?;
+            self.traffic.to_device += t.numel() as u64 * size;
+            given[*node] = Some(Tensor::new(t.shape, t.data));
         }
-        let leaves: Vec<Option<&Tensor>> = graph
-            .nodes
-            .iter()
-            .zip(&c.slots)
-            .map(|(n, slot)| match (&n.op, slot) {
-                (_, Some(s)) => Some(&self.buffers[*s]),
-                (Op::Input { name }, None) => given.iter().find(|(g, _)| g == name).map(|(_, t)| t),
-                _ => None,
+        let leaves: Vec<Option<&Tensor>> = (c.slots.iter().zip(&given))
+            .map(|(slot, input)| match slot {
+                Some(s) => Some(&self.buffers[*s]),
+                None => input.as_ref(),
             })
             .collect();
         let opts = Options { precision: Precision::Native, training: options.training, seed: options.seed };

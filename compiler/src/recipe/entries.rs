@@ -290,12 +290,12 @@ fn loss_scaling(scope: &Scope, mixed: &Expr) -> Result<LossScaling, Error> {
     let Some(arg) = args.iter().find(|a| a.name.as_ref().is_some_and(|n| n.name == "loss_scale")) else {
         unreachable!("bound `loss_scale`")
     };
-    if let Value::Int(_) | Value::Float(_) = scope.eval(&arg.value)? {
-        let x = match scope.eval(&arg.value)? {
-            Value::Int(i) => i as f64,
-            Value::Float(x) => x,
-            _ => f64::NAN,
-        };
+    let fixed = match scope.eval(&arg.value)? {
+        Value::Int(i) => Some(i as f64),
+        Value::Float(x) => Some(x),
+        _ => None,
+    };
+    if let Some(x) = fixed {
         range(x.is_finite() && x > 0.0, arg.value.span, "loss_scale", x, "a number above 0, or `dynamic`")?;
         return Ok(LossScaling::Fixed(x));
     }

@@ -15,8 +15,8 @@ mod builder;
 pub use apply::{apply_graph, ApplySpec};
 pub use builder::Builder;
 
-use crate::graph::op::{Binary, Op};
-use crate::graph::types::{DType, TensorType};
+use crate::graph::op::Binary;
+use crate::graph::types::DType;
 use crate::graph::{Graph, ValueId};
 use modelc_runtime::train::names;
 
@@ -61,16 +61,4 @@ pub fn step_program(mut graph: Graph) -> Result<StepProgram, String> {
     let mut returns = vec![(names::LOSS.to_string(), loss)];
     returns.extend(graph.aux_losses.iter().chain(&graph.metrics).cloned());
     Ok(StepProgram { graph, returns })
-}
-
-/// Every `param` leaf of `graph` (the buffers it reads), with its type.
-pub fn buffers_of(graph: &Graph) -> Vec<(String, TensorType)> {
-    graph
-        .nodes
-        .iter()
-        .filter_map(|n| match &n.op {
-            Op::Param { name } => Some((name.clone(), n.ty.clone())),
-            _ => None,
-        })
-        .collect()
 }
