@@ -50,7 +50,7 @@ fn load_and_parse(path: &Path, report: &Reporter) -> Option<(SourceFile, Parsed)
 }
 
 /// Loads a file with everything it imports, reporting the first error.
-fn load_program(path: &Path, report: &Reporter) -> Option<Program> {
+pub(crate) fn load_program(path: &Path, report: &Reporter) -> Option<Program> {
     let file = load(path, report)?;
     match modelc_compiler::load(file, path) {
         Ok(program) => Some(program),
@@ -62,7 +62,7 @@ fn load_program(path: &Path, report: &Reporter) -> Option<Program> {
     }
 }
 
-fn report_compile_error(e: &modelc_compiler::Error, program: &Program, report: &Reporter) {
+pub(crate) fn report_compile_error(e: &modelc_compiler::Error, program: &Program, report: &Reporter) {
     report.diagnostic(&e.diag, program.source(e.file))
 }
 
@@ -205,7 +205,7 @@ const INTERPRETER_PARAM_LIMIT: u64 = 50_000_000;
 /// What `run` and `train` execute: the recipe's model instance, its graph (with the
 /// objective appended and, for training, its backward pass), and the recipe's workload.
 /// `None` after reporting why not (exit code in the error).
-fn interpreter_graph(
+pub(crate) fn interpreter_graph(
     program: &mut Program,
     target: &Target,
     what: Lowering,
@@ -251,10 +251,12 @@ pub struct RunArgs<'a> {
     /// Texts to run the model on; none runs the recipe's objective on the built-in corpus.
     pub texts: &'a [String],
     pub json: bool,
+    /// `--memory-limit`, in bytes.
+    pub memory_limit: Option<u64>,
 }
 
 /// The parameters `run` uses: imported weights, a checkpoint, or fresh ones.
-fn run_params(
+pub(crate) fn run_params(
     instance: &modelc_compiler::elab::instance::Instance,
     w: &modelc_compiler::Workload,
     args: &RunArgs,
@@ -267,16 +269,62 @@ fn run_params(
     let Some(p) = args.checkpoint else {
         return crate::train::initial_params(instance, w, seed);
     };
-    if p.is_dir() {
-        modelc_runtime::train::latest_checkpoint(p).map(|r| r.params)
-    } else {
-        modelc_runtime::checkpoint::load(p)
+    crate::train::load_weights(p)
+}
+
+/// Where the parameters of `run` and `generate` come from, for errors.
+pub(crate) fn params_source(args: &RunArgs) -> String {
+    match (args.weights, args.checkpoint) {
+        (Some(p), _) | (None, Some(p)) => format!("`{}`", p.display()),
+        (None, None) => "the initial parameters".to_string(),
     }
+}
+
+/// The training text must hold one sequence: fewer tokens than a window of the
+/// objective is an error at the recipe's `seq:` (or a plain one without a `data` entry).
+pub(crate) fn check_text_length(
+    program: &Program,
+    w: &modelc_compiler::Workload,
+    tokens: usize,
+    name: &str,
+    report: &Reporter,
+) -> Result<(), i32> {
+    let seq = w.seq.max(1) as usize;
+    let window = w.recipe.objective.batches.window(seq);
+    if tokens >= window {
+        return Ok(());
+    }
+    let what = if name == "builtin" { "the built-in corpus".to_string() } else { format!("`{name}`") };
+    let why = if window > seq {
+        format!("a {} sequence reads seq + 1 tokens", w.recipe.objective.name())
+    } else {
+        "one sequence reads seq tokens".to_string()
+    };
+    let message = format!(
+        "{what} holds {} tokens, fewer than one sequence: `seq: {seq}` needs at least {} ({why})",
+        inspect::thousands(tokens as u64),
+        inspect::thousands(window as u64)
+    );
+    let help = format!("lower `seq` to at most {}, or train on more text", tokens.saturating_sub(window - seq).max(1));
+    match &w.recipe.data {
+        Some(data) => {
+            let diag = modelc_grammar::Diagnostic::error(message, data.seq_at)
+                .with_label("too long for the text")
+                .with_help(help);
+            report_compile_error(
+                &modelc_compiler::Error::new(modelc_compiler::error::FileId(0), diag),
+                program,
+                report,
+            );
+        }
+        None => report.plain_error(&format!("{message}\n  help: {help}")),
+    }
+    Err(EXIT_INPUT)
 }
 
 /// The backend `--backend` names, or the exit code after saying why not.
 /// A backend that exists but is not built is exit 2 (not yet); an unknown name is exit 1.
-fn backend(name: &str, report: &Reporter) -> Result<Box<dyn modelc_compiler::backend::Backend>, i32> {
+pub(crate) fn backend(name: &str, report: &Reporter) -> Result<Box<dyn modelc_compiler::backend::Backend>, i32> {
     modelc_compiler::backend::select(name).map_err(|why| {
         report.plain_error(&why);
         let known = modelc_compiler::backend::BACKENDS.iter().any(|(n, _, _)| *n == name);
@@ -313,6 +361,12 @@ pub fn run(path: &Path, target: &Target, args: &RunArgs, report: &Reporter) -> i
             return EXIT_INPUT;
         }
     };
+    if args.texts.is_empty() {
+        let tokens = modelc_runtime::data::Corpus::builtin().tokens.len();
+        if let Err(code) = check_text_length(&program, &w, tokens, "builtin", report) {
+            return code;
+        }
+    }
     let inputs = if args.texts.is_empty() {
         corpus_inputs(&graph, &w, seed)
     } else {
@@ -328,12 +382,17 @@ pub fn run(path: &Path, target: &Target, args: &RunArgs, report: &Reporter) -> i
         }
     };
     let buffers = crate::train::model_buffers(&instance);
+    let from = params_source(args);
     let executed = backend
         .compile(buffers, vec![modelc_compiler::backend::Program::of_outputs("run", graph)])
         .and_then(|mut exe| {
-            crate::train::write_params(exe.as_mut(), params)?;
+            let planned = inputs.iter().map(|(k, v)| (k.as_str(), v.shape.clone())).collect();
+            let call = modelc_runtime::memory::PlannedCall { program: "run", inputs: planned };
+            let remedies = "lower the recipe's `batch` or `seq`, or pass fewer or shorter `--text`s";
+            modelc_runtime::memory::check(exe.as_ref(), &[call], args.memory_limit, remedies)?;
+            crate::train::write_params(exe.as_mut(), params, &from)?;
             let inputs = inputs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-            exe.call("run", inputs, CallOptions { training: false, seed })
+            exe.call("run", inputs, CallOptions { training: false, seed, check_finite: false })
                 .map_err(|e| format!("running the model: {e}"))
         });
     let out = match executed.map(|r| r.into_iter().next()) {
@@ -458,173 +517,6 @@ fn print_output(out: &modelc_runtime::executable::HostTensor, json: bool) {
     }
 }
 
-/// `modelc train`: trains a recipe's model on the built-in corpus through the reference
-/// interpreter, writing `DIR/metrics.jsonl` (one object per step).
-/// How `modelc train` was asked to run, beyond the target.
-pub struct TrainArgs<'a> {
-    pub data: Option<&'a Path>,
-    pub steps: Option<u64>,
-    pub out: Option<&'a Path>,
-    pub seed: Option<u64>,
-    pub checkpoint_every: Option<u64>,
-    pub resume: Option<&'a Path>,
-    /// `--backend`: which backend compiles and runs the programs.
-    pub backend: &'a str,
-}
-
-pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) -> i32 {
-    let TrainArgs { steps, out, seed, .. } = *args;
-    let Some(mut program) = load_program(path, report) else {
-        return EXIT_INPUT;
-    };
-    let mut target = target.clone();
-    if target.recipe.is_none() {
-        target.recipe = Some("tiny".to_string());
-    }
-    let backend = match backend(args.backend, report) {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    let (instance, graph, w) = match interpreter_graph(&mut program, &target, Lowering::Training, report) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    let r = &w.recipe;
-    let total = instance.param_count();
-    let steps = steps.or(r.steps).unwrap_or(100);
-    let seed = seed.unwrap_or(r.seed);
-    let schedule =
-        modelc_runtime::schedule::Schedule { peak: r.optimizer.lr, total: steps, phases: r.schedule.clone() };
-    let mut loss_scale = r.precision.loss_scale();
-    let token_inputs = crate::train::token_inputs(&graph);
-    if token_inputs.is_empty() {
-        report.plain_error("the model takes no token ids");
-        return EXIT_UNSUPPORTED;
-    }
-    let corpus = match args.data.map(modelc_runtime::data::Corpus::from_file) {
-        None => modelc_runtime::data::Corpus::builtin(),
-        Some(Ok(c)) => c,
-        Some(Err(why)) => {
-            report.plain_error(&why);
-            return EXIT_INPUT;
-        }
-    };
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let dir = out.or(args.resume).map(Path::to_path_buf).unwrap_or_else(|| {
-        std::path::PathBuf::from("runs").join(format!("{stem}-{}", target.recipe.as_deref().unwrap_or("tiny")))
-    });
-    let mut training = match crate::train::compile(backend.as_ref(), graph, &instance, &w) {
-        Ok(t) => t,
-        Err(why) => {
-            report.plain_error(&format!("compiling the training step: {why}"));
-            return EXIT_UNSUPPORTED;
-        }
-    };
-    // Resuming: the latest checkpoint's parameters and optimizer state, its metrics kept.
-    let (mut start_step, mut optimizer_step) = (1, 0);
-    let started = match args.resume {
-        None => crate::train::initial_params(&instance, &w, seed)
-            .and_then(|p| crate::train::write_params(training.exe.as_mut(), p)),
-        Some(from) => modelc_runtime::train::latest_checkpoint(from).and_then(|resumed| {
-            crate::train::write_params(training.exe.as_mut(), resumed.params)?;
-            crate::train::write_state(training.exe.as_mut(), &training.state, resumed.state)?;
-            if let (Some(ls), Some((scale, clean))) = (loss_scale.as_mut(), resumed.loss_scale) {
-                (ls.scale, ls.clean) = (scale, clean);
-            }
-            (start_step, optimizer_step) = (resumed.step + 1, resumed.optimizer_step);
-            let kept: String = std::fs::read_to_string(dir.join("metrics.jsonl"))
-                .unwrap_or_default()
-                .lines()
-                .take(resumed.step as usize)
-                .map(|l| format!("{l}\n"))
-                .collect();
-            std::fs::write(dir.join("metrics.jsonl"), kept)
-                .map_err(|e| format!("cannot rewrite metrics.jsonl: {e}"))?;
-            eprintln!("resuming from step {} in {}", resumed.step, from.display());
-            Ok(())
-        }),
-    };
-    if let Err(why) = started {
-        report.plain_error(&why);
-        return EXIT_INPUT;
-    }
-    let metrics = std::fs::create_dir_all(&dir).and_then(|_| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(args.resume.is_some())
-            .write(true)
-            .truncate(args.resume.is_none())
-            .open(dir.join("metrics.jsonl"))
-    });
-    let mut metrics = match metrics {
-        Ok(f) => std::io::BufWriter::new(f),
-        Err(e) => {
-            report.plain_error(&format!("cannot write `{}`: {e}", dir.join("metrics.jsonl").display()));
-            return EXIT_INPUT;
-        }
-    };
-    eprintln!(
-        "training {} ({} parameters) for {steps} steps, batch {} x {} tokens, seed {seed}, backend {}; metrics in {}",
-        instance.block_name,
-        inspect::thousands(total),
-        w.batch,
-        w.seq,
-        backend.name(),
-        dir.join("metrics.jsonl").display()
-    );
-    let plan = modelc_runtime::train::Plan {
-        steps,
-        start_step,
-        optimizer_step,
-        accumulate: r.accumulate.max(1) as usize,
-        batch: w.batch.max(1) as usize,
-        seq: w.seq.max(1) as usize,
-        seed,
-        token_inputs,
-        batches: r.objective.batches.clone(),
-        corpus,
-        schedule,
-        optimizer: r.optimizer.kind.clone(),
-        loss_scale,
-        checkpoint_every: args.checkpoint_every.or(r.checkpoint),
-        out_dir: dir.clone(),
-        params: training.params.clone(),
-        state: training.state.clone(),
-    };
-    let mut progress = crate::progress::Progress::new(plan.steps, plan.start_step);
-    let trained = modelc_runtime::train::train(training.exe.as_mut(), plan, &mut metrics, &mut |s| progress.step(s));
-    progress.finish();
-    let _ = std::io::Write::flush(&mut metrics);
-    if let Err(why) = trained {
-        report.plain_error(&format!("training: {why}"));
-        return EXIT_INPUT;
-    }
-    // `final.safetensors`: the plain weights to start from, or to run; a LoRA recipe with
-    // `merge = true` folds its adapters in first.
-    let finished =
-        modelc_runtime::train::read_params(training.exe.as_mut(), &training.params).and_then(|mut tensors| {
-            let merged = match (r.merge, w.lora()) {
-                (true, Some(lora)) => {
-                    crate::merge::merge(backend.as_ref(), &mut tensors, lora.scale())
-                        .map_err(|e| format!("merging the adapters: {e}"))?;
-                    true
-                }
-                _ => false,
-            };
-            let file = dir.join("final.safetensors");
-            modelc_runtime::checkpoint::save(&file, &tensors)?;
-            eprintln!("final weights{} in {}", if merged { " (adapters merged)" } else { "" }, file.display());
-            Ok(())
-        });
-    match finished {
-        Ok(()) => EXIT_OK,
-        Err(why) => {
-            report.plain_error(&why);
-            EXIT_INPUT
-        }
-    }
-}
-
 /// `modelc merge`: a LoRA run's checkpoint with `lora_a @ lora_b * alpha / rank` folded
 /// into each adapted weight, written as a plain checkpoint of the base model.
 pub fn merge(
@@ -660,12 +552,7 @@ pub fn merge(
         ));
         return EXIT_INPUT;
     };
-    let loaded = if checkpoint.is_dir() {
-        modelc_runtime::train::latest_checkpoint(checkpoint).map(|r| r.params)
-    } else {
-        modelc_runtime::checkpoint::load(checkpoint)
-    };
-    let merged = loaded.and_then(|mut tensors| {
+    let merged = crate::train::load_weights(checkpoint).and_then(|mut tensors| {
         let n = crate::merge::merge(backend.as_ref(), &mut tensors, lora.scale())?;
         if n == 0 {
             return Err(format!("`{}` holds no `lora_a`/`lora_b` tensors", checkpoint.display()));
@@ -679,132 +566,6 @@ pub fn merge(
         }
         Err(why) => {
             report.plain_error(&why);
-            EXIT_INPUT
-        }
-    }
-}
-
-/// How `modelc generate` was asked to run, beyond the target.
-pub struct GenerateArgs<'a> {
-    /// `--backend`: which backend compiles and runs the model.
-    pub backend: &'a str,
-    pub checkpoint: Option<&'a Path>,
-    pub prompt: &'a str,
-    pub max_tokens: usize,
-    pub sampling: modelc_runtime::sampling::Sampling,
-    pub beams: usize,
-    pub length_penalty: f64,
-    pub seed: Option<u64>,
-    pub tokenizer: Option<&'a Path>,
-    pub cache: bool,
-    pub json: bool,
-}
-
-/// `modelc generate`: continues the prompt token by token, printing each piece of text as
-/// soon as it is chosen.
-pub fn generate(path: &Path, target: &Target, args: &GenerateArgs, report: &Reporter) -> i32 {
-    use std::io::Write;
-    let Some(mut program) = load_program(path, report) else {
-        return EXIT_INPUT;
-    };
-    let mut target = target.clone();
-    if target.recipe.is_none() && target.model.is_none() {
-        target.recipe = Some("tiny".to_string());
-    }
-    let (instance, graph, w) = match interpreter_graph(&mut program, &target, Lowering::Outputs, report) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    // The KV cache would see the virtual tokens again at every step.
-    if instance.prompt.is_some() {
-        report.plain_error(
-            "`generate` does not support a P-tuning adapter yet: the virtual tokens belong only in front of the prompt, and the KV cache would repeat them each step",
-        );
-        return EXIT_INPUT;
-    }
-    let seed = args.seed.unwrap_or(w.recipe.seed);
-    let backend = match backend(args.backend, report) {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    let run_args = RunArgs {
-        backend: args.backend,
-        seed: Some(seed),
-        checkpoint: args.checkpoint,
-        weights: None,
-        tokenizer: None,
-        texts: &[],
-        json: false,
-    };
-    let setup = run_params(&instance, &w, &run_args, seed).and_then(|params| {
-        let tok = match args.tokenizer {
-            None => modelc_runtime::tokenizer::Tokenizer::Bytes,
-            Some(p) => modelc_runtime::tokenizer::Tokenizer::load(p, None)?,
-        };
-        let buffers = crate::train::model_buffers(&instance);
-        Ok((crate::generate::Model::new(backend.as_ref(), graph, buffers, params)?, tok))
-    });
-    let (model, tok) = match setup {
-        Ok(x) => x,
-        Err(why) => {
-            report.plain_error(&why);
-            return EXIT_INPUT;
-        }
-    };
-    let prompt = match tok.encode(args.prompt) {
-        Ok(ids) => ids,
-        Err(why) => {
-            report.plain_error(&why);
-            return EXIT_INPUT;
-        }
-    };
-    if args.sampling.temperature < 0.0
-        || !(0.0..=1.0).contains(&args.sampling.top_p)
-        || args.sampling.repetition_penalty <= 0.0
-    {
-        report
-            .plain_error("`--temperature` must be at least 0, `--top-p` in [0, 1] and `--repetition-penalty` above 0");
-        return EXIT_INPUT;
-    }
-    let request = crate::generate::Request {
-        prompt,
-        max_tokens: args.max_tokens,
-        sampling: args.sampling.clone(),
-        beams: args.beams,
-        length_alpha: args.length_penalty,
-        seed,
-        cache: args.cache,
-        eos: tok.eos_id(),
-    };
-    // Streaming: print the bytes of the text decoded so far that were not printed yet.
-    let mut printed = 0usize;
-    let mut ids = Vec::new();
-    let mut stdout = std::io::stdout();
-    let mut emit = |id: u32| {
-        if args.json {
-            return;
-        }
-        ids.push(id);
-        if let Ok(text) = tok.decode(&ids) {
-            if text.len() > printed {
-                let _ = stdout.write_all(&text[printed..]);
-                let _ = stdout.flush();
-                printed = text.len();
-            }
-        }
-    };
-    match model.generate(&request, &mut emit) {
-        Ok(out) => {
-            if args.json {
-                let text = tok.decode(&out.tokens).unwrap_or_default();
-                println!("{}", serde_json::json!({ "tokens": out.tokens, "text": String::from_utf8_lossy(&text) }));
-            } else {
-                println!();
-            }
-            EXIT_OK
-        }
-        Err(why) => {
-            report.plain_error(&format!("generating: {why}"));
             EXIT_INPUT
         }
     }

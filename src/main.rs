@@ -47,12 +47,16 @@ struct TargetArgs {
     set: Vec<(String, String)>,
 }
 
-/// Which backend compiles and runs the programs.
+/// Which backend compiles and runs the programs, and the memory it may use.
 #[derive(clap::Args, Debug)]
 struct BackendArgs {
     /// `interp` (the reference interpreter); `cpu`, `cuda` and `mlir` are not built yet.
     #[arg(long, default_value = "interp")]
     backend: String,
+    /// Refuse to start when the planned peak exceeds this (`8GiB`, `512MiB`, bytes); the
+    /// memory free on the device is always checked.
+    #[arg(long, value_name = "SIZE", value_parser = modelc_runtime::memory::parse_size)]
+    memory_limit: Option<u64>,
 }
 
 impl TargetArgs {
@@ -157,10 +161,17 @@ enum Command {
         /// last step is always checkpointed.
         #[arg(long)]
         checkpoint_every: Option<u64>,
-        /// Continue from the latest checkpoint in DIR; later steps equal an uninterrupted
-        /// run's bit for bit.
-        #[arg(long)]
+        /// Continue the run in DIR from its newest intact checkpoint; later steps equal an
+        /// uninterrupted run's bit for bit. Its seed, steps and data are the defaults.
+        #[arg(long, conflicts_with = "out")]
         resume: Option<PathBuf>,
+        /// Start over in an `--out` directory that holds a run (its files are removed).
+        #[arg(long, conflicts_with = "resume")]
+        overwrite: bool,
+        /// When the run diverges, re-run the step through the interpreter to find the
+        /// first op whose output went non-finite.
+        #[arg(long)]
+        detect_anomaly: bool,
     },
     /// Fold a LoRA recipe's adapters into the base weights: a plain checkpoint that the
     /// model without the adapter loads.
@@ -266,6 +277,7 @@ fn main() {
         Command::Run { file, target, backend, seed, checkpoint, weights, tokenizer, texts, json } => {
             let args = commands::RunArgs {
                 backend: &backend.backend,
+                memory_limit: backend.memory_limit,
                 seed,
                 checkpoint: checkpoint.as_deref(),
                 weights: weights.as_deref(),
@@ -275,17 +287,32 @@ fn main() {
             };
             commands::run(&file, &target.target(), &args, &report)
         }
-        Command::Train { file, target, backend, steps, data, out, seed, checkpoint_every, resume } => {
-            let args = commands::TrainArgs {
+        Command::Train {
+            file,
+            target,
+            backend,
+            steps,
+            data,
+            out,
+            seed,
+            checkpoint_every,
+            resume,
+            overwrite,
+            detect_anomaly,
+        } => {
+            let args = modelc::train::command::TrainArgs {
                 backend: &backend.backend,
+                memory_limit: backend.memory_limit,
                 data: data.as_deref(),
                 steps,
                 out: out.as_deref(),
                 seed,
                 checkpoint_every,
                 resume: resume.as_deref(),
+                overwrite,
+                detect_anomaly,
             };
-            commands::train(&file, &target.target(), &args, &report)
+            modelc::train::command::train(&file, &target.target(), &args, &report)
         }
         Command::Merge { file, target, backend, checkpoint, out } => {
             commands::merge(&file, &target.target(), &backend.backend, &checkpoint, &out, &report)
@@ -308,20 +335,21 @@ fn main() {
             no_cache,
             json,
         } => {
-            let args = commands::GenerateArgs {
+            let args = modelc::generate::command::GenerateArgs {
                 backend: &backend.backend,
+                memory_limit: backend.memory_limit,
                 checkpoint: checkpoint.as_deref(),
                 prompt: &prompt,
                 max_tokens,
                 sampling: modelc_runtime::sampling::Sampling { temperature, top_k, top_p, repetition_penalty },
-                beams: beams.unwrap_or(0),
+                beams,
                 length_penalty,
                 seed,
                 tokenizer: tokenizer.as_deref(),
                 cache: !no_cache,
                 json,
             };
-            commands::generate(&file, &target.target(), &args, &report)
+            modelc::generate::command::generate(&file, &target.target(), &args, &report)
         }
     });
     std::process::exit(code);

@@ -30,8 +30,14 @@ fn model(example: &str, sets: &[(&str, &str)]) -> Model {
     let graph = modelc_compiler::lower(graph, &w, Lowering::Outputs).expect("lowered");
     let params = modelc::train::initial_params(&instance, &w, 7).expect("params");
     let buffers = modelc::train::model_buffers(&instance);
-    Model::new(&modelc_compiler::backend::interp::Interp, graph, buffers, params)
-        .unwrap_or_else(|e| panic!("{example}: {e}"))
+    Model::new(
+        &modelc_compiler::backend::interp::Interp,
+        graph,
+        buffers,
+        (params, "the test's parameters"),
+        ((1, 64), None),
+    )
+    .unwrap_or_else(|e| panic!("{example}: {e}"))
 }
 
 fn request(cache: bool) -> Request {

@@ -250,9 +250,9 @@ fn compiled(file: &str, recipe: &str) -> (modelc::train::Training, modelc_compil
     let w = modelc_compiler::workload(&program, &target, None, None).expect("workload");
     let graph = modelc_compiler::lower(graph, &w, modelc_compiler::Lowering::Training).expect("training graph");
     let tokens = modelc::train::token_inputs(&graph);
-    let mut training = modelc::train::compile(&Interp, graph, &instance, &w).expect("compiles");
+    let mut training = modelc::train::compile(&Interp, graph, &instance, &w, false).expect("compiles");
     let params = modelc::train::initial_params(&instance, &w, 1).expect("params");
-    modelc::train::write_params(training.exe.as_mut(), params).expect("params written");
+    modelc::train::write_params(training.exe.as_mut(), params, "the initial parameters").expect("params written");
     (training, w, tokens)
 }
 
@@ -265,7 +265,17 @@ fn a_training_step_moves_the_batch_in_and_scalars_out() {
         let r = &w.recipe;
         let (b, t) = (w.batch as usize, w.seq as usize);
         let dir = std::env::temp_dir().join(format!("modelc-step-{}-{recipe}-{}", std::process::id(), file.len()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let fingerprint = modelc_runtime::run_dir::Fingerprint {
+            file: file.to_string(),
+            model: String::new(),
+            recipe_name: recipe.to_string(),
+            recipe: String::new(),
+            seed: 1,
+            data_name: "builtin".into(),
+            data: String::new(),
+            steps: 2,
+        };
+        let mut run = modelc_runtime::run_dir::RunDir::create(&dir, &fingerprint, true).expect("run dir");
         let plan = |steps: u64, start_step: u64| modelc_runtime::train::Plan {
             steps,
             start_step,
@@ -284,15 +294,17 @@ fn a_training_step_moves_the_batch_in_and_scalars_out() {
             },
             optimizer: r.optimizer.kind.clone(),
             loss_scale: r.precision.loss_scale(),
+            max_skipped: 20,
             checkpoint_every: None,
-            out_dir: dir.clone(),
             params: Vec::new(),
             state: Vec::new(),
+            stop: None,
         };
         // Two steps (the last one writes a checkpoint of nothing: no buffers are named).
         let before = training.exe.traffic();
-        let mut metrics = Vec::new();
-        modelc_runtime::train::train(training.exe.as_mut(), plan(2, 1), &mut metrics, &mut |_| {}).expect("trains");
+        let ended = modelc_runtime::train::train(training.exe.as_mut(), &mut plan(2, 1), &mut run, &mut |_| {});
+        assert_eq!(ended, Ok(modelc_runtime::train::Outcome::Finished));
+        let metrics = std::fs::read(dir.join("metrics.jsonl")).expect("metrics");
         let moved = training.exe.traffic().since(&before);
         // In: token ids (i32) and targets (i32) per micro-step, the micro-step weight (f64),
         // the learning rate and the bias corrections (f64); under loss scaling the scale,

@@ -246,9 +246,31 @@ fn recipe_model(program: &Program, name: &str) -> Result<ModelCall, Error> {
 /// `--set name=value` → arguments, each value parsed as an expression of the language
 /// and evaluated in the root file's scope. Errors point into a virtual file `--set`.
 fn parse_sets(program: &mut Program, block: ItemRef, sets: &[(String, String)]) -> Result<Vec<ArgValue>, Error> {
-    let text: String = sets.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
-    let text = format!("recipe set {{\n{text}}}\n");
-    let file = program.add_file(SourceFile::new("--set", text));
+    // Each value is parsed alone (as a recipe entry, whose wrapper never shows in an
+    // error), then all of them together for their spans.
+    const OPEN: &str = "recipe set {\n";
+    for (k, v) in sets {
+        let line = format!("{k} = {v}\n");
+        if let Err(d) = modelc_grammar::parse(&SourceFile::new("--set", format!("{OPEN}{line}}}\n"))) {
+            let bare = program.add_file(SourceFile::new("--set", line.clone()));
+            let at = d.span.start.saturating_sub(OPEN.len()).min(line.len() - 1);
+            let d = Diagnostic::error(
+                format!("`--set {k}={v}`: the value does not parse"),
+                Span { start: at, end: at },
+            )
+            .with_label(if d.span.start >= OPEN.len() + line.len() {
+                "the value ends too soon"
+            } else {
+                "unexpected here"
+            })
+            .with_help(
+                "a value is one expression of the language: `--set d=512`, `--set act=gelu`, `--set bias=false`",
+            );
+            return Err(Error::new(bare, d));
+        }
+    }
+    let body: String = sets.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+    let file = program.add_file(SourceFile::new("--set", format!("{OPEN}{body}}}\n")));
     let parsed = modelc_grammar::parse(program.source(file)).map_err(|d| Error::new(file, d))?;
     let entries = match parsed.ast.items.first().map(|i| &i.kind) {
         Some(ItemKind::Recipe(r)) => r.entries.clone(),

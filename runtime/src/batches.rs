@@ -18,8 +18,18 @@ pub enum Batches {
 }
 
 impl Batches {
+    /// The tokens of text one sequence of length `t` reads: causal LM windows are one
+    /// longer than the sequence (inputs and targets shifted by one).
+    pub fn window(&self, t: usize) -> usize {
+        match self {
+            Batches::CausalLm => t.saturating_add(1),
+            Batches::Mlm { .. } | Batches::SpanCorruption { .. } => t,
+        }
+    }
+
     /// The model's integer inputs (in `forward` order) and the targets `[B, T]` of batch
-    /// number `index`.
+    /// number `index`. The corpus must hold at least `window(t)` tokens (checked by the
+    /// driver, with the recipe's location, before any batch is made).
     pub fn batch(&self, corpus: &Corpus, b: usize, t: usize, seed: u64, index: u64) -> (Vec<HostTensor>, HostTensor) {
         let tensor = |rows: Vec<Vec<f64>>| HostTensor::new(vec![b, t], rows.into_iter().flatten().collect());
         match self {

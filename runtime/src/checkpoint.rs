@@ -35,20 +35,25 @@ pub fn save(path: &Path, tensors: &Tensors) -> Result<(), String> {
     write_atomically(path, &out).map_err(|e| format!("writing `{}`: {e}", path.display()))
 }
 
-/// Reads f32, f16 and bf16 tensors as f64.
+/// Reads f32, f16 and bf16 tensors as f64. A tensor of another dtype is an error naming
+/// it, its dtype and the file.
 pub fn load(path: &Path) -> Result<Tensors, String> {
     let (tensors, others) = read(path)?;
     match others.first() {
-        Some((name, dtype)) => Err(format!("`{name}` in `{}` is {dtype}; f32, f16 and bf16 load", path.display())),
+        Some((name, dtype)) => {
+            Err(format!("`{name}` in `{}` is {dtype}; a parameter loads from f32, f16 or bf16", path.display()))
+        }
         None => Ok(tensors),
     }
 }
 
 /// The float tensors of a safetensors file as f64 (f32, f16, bf16), and the names and
-/// dtypes of the others (integer buffers such as BERT's `position_ids`).
+/// dtypes of the others (integer buffers such as BERT's `position_ids`). A file that is
+/// not safetensors, or is cut short, is described in words.
 pub fn read(path: &Path) -> Result<(Tensors, Vec<(String, String)>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("reading `{}`: {e}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("`{}`: {e:?}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|_| format!("`{}` {}", path.display(), damage(&bytes)))?;
     let mut out = Tensors::new();
     let mut others = Vec::new();
     for (name, view) in st.tensors() {
@@ -63,7 +68,7 @@ pub fn read(path: &Path) -> Result<(Tensors, Vec<(String, String)>), String> {
                 .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64)
                 .collect(),
             other => {
-                others.push((name, format!("{other:?}")));
+                others.push((name, format!("{other:?}").to_lowercase()));
                 continue;
             }
         };
@@ -71,6 +76,63 @@ pub fn read(path: &Path) -> Result<(Tensors, Vec<(String, String)>), String> {
     }
     others.sort();
     Ok((out, others))
+}
+
+/// Why bytes that the safetensors reader refused are not a checkpoint, in words: not a
+/// safetensors file at all, or one cut short (how many bytes of how many), or a header
+/// that does not describe its data.
+pub fn damage(bytes: &[u8]) -> String {
+    let len = bytes.len();
+    if len < 8 {
+        return format!("is not a safetensors file ({len} bytes; the format starts with an 8-byte header length)");
+    }
+    let n = u64::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]);
+    // A header is a JSON object: `{` (safetensors pads with spaces, never before it).
+    let looks_like_header = bytes.get(8) == Some(&b'{');
+    if !looks_like_header || n < 2 {
+        return "is not a safetensors file (no JSON header after the length)".to_string();
+    }
+    let header_end = 8u64.saturating_add(n);
+    if header_end > len as u64 {
+        return format!(
+            "is truncated: {} of at least {} bytes (it ends inside the header)",
+            thousands(len as u64),
+            thousands(header_end)
+        );
+    }
+    let header: serde_json::Value = match serde_json::from_slice(&bytes[8..header_end as usize]) {
+        Ok(h) => h,
+        Err(e) => return format!("is not a safetensors file (its header is not JSON: {e})"),
+    };
+    let data_end =
+        header.as_object().into_iter().flatten().filter_map(|(_, t)| t["data_offsets"][1].as_u64()).max().unwrap_or(0);
+    let want = header_end.saturating_add(data_end);
+    if want > len as u64 {
+        return format!("is truncated: {} of {} bytes", thousands(len as u64), thousands(want));
+    }
+    "is damaged: its header does not describe its data (offsets, shapes or dtypes disagree)".to_string()
+}
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The first tensor (in name order) holding a NaN or an infinity: its name, and how many
+/// of its values are not finite.
+pub fn first_non_finite(tensors: &Tensors) -> Option<(&str, usize, usize)> {
+    tensors.iter().find_map(|(name, (_, data))| {
+        let bad = data.iter().filter(|x| !x.is_finite()).count();
+        (bad > 0).then_some((name.as_str(), bad, data.len()))
+    })
 }
 
 /// IEEE half precision bits to f64.
@@ -102,6 +164,26 @@ mod tests {
         save(&path, &t).expect("save");
         assert_eq!(load(&path).expect("load"), t);
         assert!(!path.with_extension("tmp").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn damage_is_described_in_words() {
+        let t = Tensors::from([("w".to_string(), (vec![4, 4], vec![1.0; 16]))]);
+        let dir = std::env::temp_dir().join(format!("modelc-damage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("t.safetensors");
+        save(&path, &t).expect("save");
+        let bytes = std::fs::read(&path).expect("read");
+        let cut = &bytes[..bytes.len() - 10];
+        assert_eq!(damage(cut), format!("is truncated: {} of {} bytes", cut.len(), bytes.len()));
+        assert!(damage(&bytes[..20]).contains("ends inside the header"), "{}", damage(&bytes[..20]));
+        assert!(damage(b"hello").starts_with("is not a safetensors file"));
+        assert!(damage(b"hello world, this is text").starts_with("is not a safetensors file"));
+        std::fs::write(&path, cut).expect("write");
+        let err = load(&path).expect_err("truncated");
+        assert!(err.contains("truncated") && err.contains("t.safetensors"), "{err}");
+        assert_eq!(thousands(1234567), "1,234,567");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -65,6 +65,9 @@ pub struct CallOptions {
     /// Seeds dropout masks and router noise (a function of the run's seed, step and
     /// micro-step, so that a resumed run replays them).
     pub seed: u64,
+    /// Stop at the first op whose output is not finite although its inputs are, and say
+    /// which (`--detect-anomaly`); the reference interpreter checks every value.
+    pub check_finite: bool,
 }
 
 /// A persistent buffer of an executable.
@@ -104,4 +107,11 @@ pub trait Executable {
     /// The peak of live activation bytes during the last call, where the backend measures
     /// it (the interpreter does, freeing each value after its last use).
     fn activations_peak(&self) -> Option<u64>;
+
+    /// What a call of `program` with inputs of these shapes would need, as this backend
+    /// stores values, before anything is allocated for it (`memory::check`).
+    fn plan(&self, program: &str, inputs: &[(&str, Vec<usize>)]) -> Result<crate::memory::MemoryPlan, String>;
+
+    /// The memory this executable's device has free now, and where the number comes from.
+    fn memory_available(&self) -> Option<(u64, String)>;
 }

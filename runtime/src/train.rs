@@ -2,18 +2,21 @@
 //! per micro-batch (forward, backward, gradients added into the accumulators), then the
 //! `apply` program (unscale, non-finite check, clipping, the optimizer update, all on the
 //! device); the host sends the batch and a few scalars and reads back scalars only.
-//! Checkpoints, metrics and the loss scale's bookkeeping live here; which programs exist
-//! and what they compute is the compiler's business.
+//! The loss scale's bookkeeping, the divergence guard and stopping on request live here;
+//! the run directory (`run_dir`) keeps metrics and checkpoints; which programs exist and
+//! what they compute is the compiler's business.
 
 use crate::batches::Batches;
-use crate::checkpoint::{save, write_atomically, Tensors};
+use crate::checkpoint::Tensors;
 use crate::data::Corpus;
 use crate::executable::{CallOptions, Executable, HostTensor};
 use crate::loss_scale::LossScale;
+use crate::memory::PlannedCall;
 use crate::optim;
+use crate::run_dir::{RunDir, SavedScale, Sidecar};
 use crate::schedule::Schedule;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Names of the scalar inputs and returns the training programs share with the compiler,
 /// which builds them.
@@ -33,7 +36,7 @@ pub mod names {
     pub const APPLY: &str = "apply";
 }
 
-/// Everything one training run needs besides the executable.
+/// Everything one training run needs besides the executable and its directory.
 pub struct Plan {
     pub steps: u64,
     /// The first step to run: 1, or the step after a resumed checkpoint.
@@ -53,13 +56,57 @@ pub struct Plan {
     pub optimizer: optim::Kind,
     /// Mixed precision's loss scale (the step takes it as an input).
     pub loss_scale: Option<LossScale>,
+    /// Under loss scaling, more skipped steps in a row than this stop the run.
+    pub max_skipped: u64,
     /// Write a checkpoint every this many steps (and always after the last).
     pub checkpoint_every: Option<u64>,
-    pub out_dir: PathBuf,
     /// The model's parameter buffers, as checkpoints name them.
     pub params: Vec<String>,
     /// The optimizer-state buffers and the name each has in the optimizer checkpoint.
     pub state: Vec<(String, String)>,
+    /// Set (by a signal handler) to stop after the current step, with a checkpoint.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl Plan {
+    /// The inputs of the `step` call for micro-batch `micro` of `step`: the batch, its
+    /// weight in the step, and the loss scale in use.
+    pub fn micro_inputs(&self, step: u64, micro: usize) -> Vec<(String, HostTensor)> {
+        let index = (step - 1) * self.accumulate as u64 + micro as u64;
+        let (tokens, targets) = self.batches.batch(&self.corpus, self.batch, self.seq, self.seed, index);
+        let mut inputs: Vec<(String, HostTensor)> = self.token_inputs.iter().cloned().zip(tokens).collect();
+        inputs.push(("targets".to_string(), targets));
+        inputs.push((names::MICRO_SCALE.to_string(), HostTensor::scalar(1.0 / self.accumulate as f64)));
+        if let Some(ls) = &self.loss_scale {
+            inputs.push((names::LOSS_SCALE.to_string(), HostTensor::scalar(ls.scale)));
+        }
+        inputs
+    }
+
+    /// How micro-batch `micro` of `step` is called: dropout masks differ per step and
+    /// micro-step, and replay in the backward.
+    pub fn call_options(&self, step: u64, micro: usize) -> CallOptions {
+        CallOptions { training: true, seed: self.seed ^ (step << 20) ^ micro as u64, check_finite: false }
+    }
+
+    /// The calls a step makes, with their input shapes, for `memory::check`.
+    pub fn planned_calls(&self) -> Vec<PlannedCall<'_>> {
+        let bt = vec![self.batch, self.seq];
+        let mut step: Vec<(&str, Vec<usize>)> = self.token_inputs.iter().map(|n| (n.as_str(), bt.clone())).collect();
+        step.push(("targets", bt));
+        step.push((names::MICRO_SCALE, Vec::new()));
+        let mut apply = vec![(names::LR, Vec::new())];
+        apply.extend(self.optimizer.step_inputs(1).map(|(k, _)| (k, Vec::new())));
+        if self.loss_scale.is_some() {
+            step.push((names::LOSS_SCALE, Vec::new()));
+            apply.push((names::LOSS_SCALE, Vec::new()));
+        }
+        vec![PlannedCall { program: names::STEP, inputs: step }, PlannedCall { program: names::APPLY, inputs: apply }]
+    }
+
+    fn stop_asked(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
+    }
 }
 
 /// One step's headline numbers, for progress display.
@@ -73,15 +120,43 @@ pub struct StepReport {
     pub tokens_per_s: f64,
 }
 
-/// Trains from `plan.start_step` to `plan.steps`, writing one JSON object per step to
-/// `metrics` and calling `progress` after each. The executable holds the final weights.
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Every step ran; the last is checkpointed.
+    Finished,
+    /// A stop was asked: `step` finished and is checkpointed.
+    Stopped { step: u64 },
+    /// The run went non-finite and was stopped (nothing after `step` ran).
+    Diverged(Divergence),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Divergence {
+    pub step: u64,
+    /// What went non-finite, in words.
+    pub what: String,
+    /// Whether the step's update was withheld, so the executable still holds the
+    /// parameters the step started from (the anomaly check re-runs it on them).
+    pub withheld: bool,
+    /// The newest checkpoint of the run, if any.
+    pub last_checkpoint: Option<u64>,
+}
+
+/// Trains from `plan.start_step` to `plan.steps`, appending one row per step to the run
+/// directory and checkpointing after the rows it covers; `progress` is called after each
+/// step. Stops early, with a checkpoint, when `plan.stop` is set; and with `Diverged`,
+/// without applying the bad step, when the loss or gradient norm goes non-finite in f32
+/// (or in bf16/f16 without loss scaling), or more than `max_skipped` steps in a row are
+/// skipped under loss scaling.
 pub fn train(
     exe: &mut dyn Executable,
-    mut plan: Plan,
-    metrics: &mut dyn Write,
+    plan: &mut Plan,
+    run: &mut RunDir,
     progress: &mut dyn FnMut(&StepReport),
-) -> Result<(), String> {
+) -> Result<Outcome, String> {
     let (b, t) = (plan.batch, plan.seq);
+    let mut skipped_in_a_row = 0u64;
     for step in plan.start_step..=plan.steps {
         let started = std::time::Instant::now();
         let (mut loss, mut extras) = (0.0, Vec::<(String, bool, Vec<f64>)>::new());
@@ -89,18 +164,9 @@ pub fn train(
         let used_scale = plan.loss_scale.as_ref().map(|ls| ls.scale);
         let scale = 1.0 / plan.accumulate as f64;
         for micro in 0..plan.accumulate {
-            let index = (step - 1) * plan.accumulate as u64 + micro as u64;
-            let (tokens, targets) = plan.batches.batch(&plan.corpus, b, t, plan.seed, index);
-            let mut inputs: Vec<(&str, HostTensor)> =
-                plan.token_inputs.iter().map(String::as_str).zip(tokens).collect();
-            inputs.push(("targets", targets));
-            inputs.push((names::MICRO_SCALE, HostTensor::scalar(scale)));
-            if let Some(s) = used_scale {
-                inputs.push((names::LOSS_SCALE, HostTensor::scalar(s)));
-            }
-            // Dropout masks differ per step and micro-step, and replay in the backward.
-            let options = CallOptions { training: true, seed: plan.seed ^ (step << 20) ^ micro as u64 };
-            let returned = exe.call(names::STEP, inputs, options)?;
+            let (names, tensors): (Vec<String>, Vec<HostTensor>) = plan.micro_inputs(step, micro).into_iter().unzip();
+            let inputs = names.iter().map(String::as_str).zip(tensors).collect();
+            let returned = exe.call(names::STEP, inputs, plan.call_options(step, micro))?;
             activations_peak = activations_peak.max(exe.activations_peak().unwrap_or(0));
             // The loss and every aux loss and metric, averaged over the micro-steps; a
             // vector metric element by element.
@@ -128,20 +194,41 @@ pub fn train(
             .find(|(n, _)| n == names::GRAD_NORM)
             .and_then(|(_, v)| v.data.first().copied())
             .ok_or("the apply program returned no grad_norm")?;
-        // The apply program skipped a non-finite step itself (under loss scaling); the
-        // host's copy of that decision moves the scale and the optimizer's step count.
+        // The apply program withholds a step whose norm is not finite itself; under loss
+        // scaling the host's copy of that decision moves the scale and the step count.
         let applied = match &mut plan.loss_scale {
             Some(ls) => ls.update(grad_norm.is_finite()),
-            None => true,
+            None => grad_norm.is_finite(),
         };
         if applied {
             plan.optimizer_step += 1;
+            skipped_in_a_row = 0;
+        } else {
+            skipped_in_a_row += 1;
         }
-        if step == plan.steps || plan.checkpoint_every.is_some_and(|n| n > 0 && step % n == 0) {
-            checkpoint(exe, &plan, step)?;
-        }
+        let diverged = match &plan.loss_scale {
+            None if !loss.is_finite() || !grad_norm.is_finite() => {
+                let what = if loss.is_finite() {
+                    format!("the gradient norm is {grad_norm}")
+                } else {
+                    format!("the loss is {loss}")
+                };
+                Some(Divergence { step, what, withheld: !applied, last_checkpoint: run.last_checkpoint })
+            }
+            Some(ls) if skipped_in_a_row > plan.max_skipped => Some(Divergence {
+                step,
+                what: format!(
+                    "{skipped_in_a_row} steps in a row were skipped for non-finite gradients (more than the recipe's `max_skipped` {}), the loss scale now {}",
+                    plan.max_skipped, ls.scale
+                ),
+                withheld: true,
+                last_checkpoint: run.last_checkpoint,
+            }),
+            _ => None,
+        };
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         let tokens_per_s = (b * t * plan.accumulate) as f64 / secs;
+        // Non-finite numbers are `null` in JSON.
         let mut line = serde_json::json!({
             "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
             "activations_peak_bytes": activations_peak,
@@ -154,10 +241,25 @@ pub fn train(
             line[name] =
                 if *scalar { serde_json::json!(v.first().copied().unwrap_or(0.0)) } else { serde_json::json!(v) };
         }
-        writeln!(metrics, "{line}").map_err(|e| format!("writing metrics: {e}"))?;
+        if diverged.is_some() {
+            line["diverged"] = serde_json::json!(true);
+        }
+        run.append(step, &line)?;
+        crate::fault::point("metrics-row", step);
+        if let Some(d) = diverged {
+            return Ok(Outcome::Diverged(d));
+        }
+        let due = step == plan.steps || plan.checkpoint_every.is_some_and(|n| n > 0 && step % n == 0);
+        let stop = plan.stop_asked();
+        if due || stop {
+            checkpoint(exe, plan, run, step)?;
+        }
         progress(&StepReport { step, steps: plan.steps, loss, lr, grad_norm, tokens_per_s });
+        if stop && step < plan.steps {
+            return Ok(Outcome::Stopped { step });
+        }
     }
-    Ok(())
+    Ok(Outcome::Finished)
 }
 
 /// The model's parameters, read from the executable.
@@ -165,62 +267,25 @@ pub fn read_params(exe: &mut dyn Executable, names: &[String]) -> Result<Tensors
     names.iter().map(|n| exe.read(n).map(|t| (n.clone(), (t.shape, t.data)))).collect()
 }
 
-/// Writes `step-N.safetensors` (parameters), `step-N.optimizer.safetensors` and the
-/// `step-N.json` sidecar, each atomically; the sidecar last, so it only ever names files
-/// that exist.
-fn checkpoint(exe: &mut dyn Executable, plan: &Plan, step: u64) -> Result<(), String> {
+/// Reads parameters and optimizer state and hands them to the run directory, which
+/// writes them after the rows up to `step` are on disk.
+fn checkpoint(exe: &mut dyn Executable, plan: &Plan, run: &mut RunDir, step: u64) -> Result<(), String> {
     let params = read_params(exe, &plan.params)?;
     let mut state = Tensors::new();
     for (buffer, key) in &plan.state {
         let t = exe.read(buffer)?;
         state.insert(key.clone(), (vec![t.numel()], t.data));
     }
-    let (pfile, ofile) = (format!("step-{step}.safetensors"), format!("step-{step}.optimizer.safetensors"));
-    save(&plan.out_dir.join(&pfile), &params)?;
-    save(&plan.out_dir.join(&ofile), &state)?;
-    let mut sidecar = serde_json::json!({
-        "step": step,
-        "seed": plan.seed,
-        "params": pfile,
-        "optimizer": ofile,
-        "optimizer_step": plan.optimizer_step,
-        // Data order and dropout are functions of (seed, step): nothing else to restore.
-        "next_batch": step * plan.accumulate as u64,
-    });
-    if let Some(ls) = &plan.loss_scale {
-        sidecar["loss_scale"] = serde_json::json!({ "scale": ls.scale, "clean": ls.clean });
-    }
-    write_atomically(&plan.out_dir.join(format!("step-{step}.json")), format!("{sidecar:#}\n").as_bytes())
-        .map_err(|e| format!("writing the checkpoint sidecar: {e}"))
-}
-
-/// A checkpoint read back: its step, parameters, optimizer step and state, and the loss
-/// scale it saved (scale, clean steps).
-pub struct Resumed {
-    pub step: u64,
-    pub params: Tensors,
-    pub optimizer_step: u64,
-    pub state: Tensors,
-    pub loss_scale: Option<(f64, u64)>,
-}
-
-/// The latest checkpoint in `dir`.
-pub fn latest_checkpoint(dir: &Path) -> Result<Resumed, String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("reading `{}`: {e}", dir.display()))?;
-    let step = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("step-")?.strip_suffix(".json")?.parse::<u64>().ok()
-        })
-        .max()
-        .ok_or_else(|| format!("no checkpoint (step-N.json) in `{}`", dir.display()))?;
-    let text = std::fs::read_to_string(dir.join(format!("step-{step}.json"))).map_err(|e| e.to_string())?;
-    let sidecar: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("step-{step}.json: {e}"))?;
-    let file = |key: &str| dir.join(sidecar[key].as_str().unwrap_or_default());
-    let params = crate::checkpoint::load(&file("params"))?;
-    let state = crate::checkpoint::load(&file("optimizer"))?;
-    let loss_scale =
-        sidecar["loss_scale"]["scale"].as_f64().map(|s| (s, sidecar["loss_scale"]["clean"].as_u64().unwrap_or(0)));
-    Ok(Resumed { step, params, optimizer_step: sidecar["optimizer_step"].as_u64().unwrap_or(step), state, loss_scale })
+    let sidecar = Sidecar {
+        step,
+        seed: plan.seed,
+        run: String::new(),
+        params: String::new(),
+        optimizer: String::new(),
+        optimizer_step: plan.optimizer_step,
+        next_batch: step * plan.accumulate as u64,
+        loss_scale: plan.loss_scale.as_ref().map(|ls| SavedScale { scale: ls.scale, clean: ls.clean }),
+        metrics_bytes: 0,
+    };
+    run.checkpoint(sidecar, &params, &state)
 }

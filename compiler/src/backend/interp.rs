@@ -10,6 +10,7 @@ use crate::graph::types::TensorType;
 use crate::graph::ValueId;
 use crate::interp::{self, tensor::Tensor, Options, Precision};
 use modelc_runtime::executable::{BufferInfo, CallOptions, Executable, HostTensor, Traffic};
+use modelc_runtime::memory::MemoryPlan;
 use std::collections::HashMap;
 
 pub struct Interp;
@@ -124,6 +125,13 @@ impl InterpExecutable {
         Ok(())
     }
 
+    fn compiled(&self, program: &str) -> Result<&Compiled, String> {
+        self.programs
+            .iter()
+            .find(|c| c.program.name == program)
+            .ok_or_else(|| format!("no program `{program}` was compiled"))
+    }
+
     fn slot(&self, name: &str) -> Result<usize, String> {
         self.index.get(name).copied().ok_or_else(|| format!("no buffer `{name}` in this executable"))
     }
@@ -160,7 +168,12 @@ impl Executable for InterpExecutable {
                 None => input.as_ref(),
             })
             .collect();
-        let opts = Options { precision: Precision::Native, training: options.training, seed: options.seed };
+        let opts = Options {
+            precision: Precision::Native,
+            training: options.training,
+            seed: options.seed,
+            check_finite: options.check_finite,
+        };
         let (mut values, peak) = interp::run_bound(graph, &leaves, &opts, &c.keep).map_err(|e| e.0)?;
         drop(leaves);
         self.peak = Some(peak);
@@ -226,4 +239,28 @@ impl Executable for InterpExecutable {
     fn activations_peak(&self) -> Option<u64> {
         self.peak
     }
+
+    fn plan(&self, program: &str, inputs: &[(&str, Vec<usize>)]) -> Result<MemoryPlan, String> {
+        let c = self.compiled(program)?;
+        let graph = &c.program.graph;
+        let mut shapes: Vec<Option<&[usize]>> = vec![None; graph.nodes.len()];
+        let mut input_bytes = 0u64;
+        for (name, shape) in inputs {
+            let (_, node, _) = (c.inputs.iter().find(|(n, _, _)| n == name))
+                .ok_or_else(|| format!("program `{program}` takes no input `{name}`"))?;
+            shapes[*node] = Some(shape.as_slice());
+            input_bytes = input_bytes.saturating_add(elements(shape).saturating_mul(8));
+        }
+        let peak = interp::planned_peak(graph, &shapes, &c.keep).map_err(|e| e.0)?;
+        let buffers = self.buffers.iter().map(|t| (t.data.len() as u64).saturating_mul(8)).sum();
+        Ok(MemoryPlan { buffers, inputs: input_bytes, peak })
+    }
+
+    fn memory_available(&self) -> Option<(u64, String)> {
+        modelc_runtime::memory::host_available()
+    }
+}
+
+fn elements(shape: &[usize]) -> u64 {
+    shape.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64))
 }

@@ -27,11 +27,14 @@ pub struct Options {
     pub training: bool,
     /// Seeds dropout masks and router noise.
     pub seed: u64,
+    /// Stop at the first op whose float result holds a NaN or an infinity although its
+    /// arguments hold none (`--detect-anomaly`): a `RunError` naming it.
+    pub check_finite: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { precision: Precision::F64, training: false, seed: 0 }
+        Options { precision: Precision::F64, training: false, seed: 0, check_finite: false }
     }
 }
 
@@ -151,6 +154,13 @@ fn execute(
         if options.precision == Precision::Native {
             round_to(&mut v, node.ty.dtype);
         }
+        if options.check_finite && !node.op.is_leaf() && v.data.iter().any(|x| !x.is_finite()) {
+            // Masks put infinities into values on purpose; an op is only to blame when
+            // what it read was finite.
+            if args.iter().all(|a| a.data.iter().all(|x| x.is_finite())) {
+                return Err(non_finite(graph, values.len(), &v));
+            }
+        }
         live += size(&v, values.len());
         peak = peak.max(live);
         values.push(v);
@@ -168,6 +178,20 @@ fn execute(
     Ok((values, peak))
 }
 
+/// The anomaly report: which op, where, and what it made.
+fn non_finite(graph: &Graph, i: usize, v: &Tensor) -> RunError {
+    let node = &graph.nodes[i];
+    let nan = v.data.iter().filter(|x| x.is_nan()).count();
+    let inf = v.data.iter().filter(|x| x.is_infinite()).count();
+    let scope = if node.scope.is_empty() { "the model's top level".to_string() } else { format!("`{}`", node.scope) };
+    RunError(format!(
+        "the first non-finite value: `{}` in {scope} (%{i}: {}) made {nan} NaN and {inf} infinite of {} values from finite arguments",
+        node.op.name(),
+        node.ty,
+        v.data.len()
+    ))
+}
+
 /// The most elements one value may have (2^32: 32 GiB of f64), far beyond what the
 /// reference interpreter runs in reasonable time.
 const MAX_ELEMENTS: usize = 1 << 32;
@@ -183,14 +207,20 @@ fn count_within(what: &str, name: &str, value: i64, limit: usize) -> Result<usiz
 
 /// Binds the symbols of the inputs' declared types (`B`, `T`) from the actual shapes.
 fn bind_symbols(graph: &Graph, leaves: &[Option<&Tensor>]) -> Result<HashMap<String, i64>, RunError> {
+    let shapes: Vec<Option<&[usize]>> = leaves.iter().map(|l| l.map(|t| t.shape.as_slice())).collect();
+    bind_shapes(graph, &shapes)
+}
+
+/// The symbols (`B`, `T`, ...) that the inputs' shapes bind, by leaf node index.
+fn bind_shapes(graph: &Graph, shapes: &[Option<&[usize]>]) -> Result<HashMap<String, i64>, RunError> {
     let mut symbols: HashMap<String, i64> = HashMap::new();
-    for (node, leaf) in graph.nodes.iter().zip(leaves) {
+    for (node, shape) in graph.nodes.iter().zip(shapes) {
         let Op::Input { name } = &node.op else { continue };
-        let t = leaf.ok_or_else(|| RunError(format!("missing input `{name}`")))?;
-        if t.rank() != node.ty.rank() {
-            return Err(RunError(format!("input `{name}` has shape {:?}, expected {}", t.shape, node.ty.shape_text())));
+        let shape = shape.ok_or_else(|| RunError(format!("missing input `{name}`")))?;
+        if shape.len() != node.ty.rank() {
+            return Err(RunError(format!("input `{name}` has shape {shape:?}, expected {}", node.ty.shape_text())));
         }
-        for (d, &actual) in node.ty.shape.iter().zip(&t.shape) {
+        for (d, &actual) in node.ty.shape.iter().zip(shape) {
             let syms: Vec<&str> = d.symbols().collect();
             // A dim that is exactly one symbol binds it; others are checked after the run.
             if let [s] = syms.as_slice() {
@@ -209,6 +239,45 @@ fn bind_symbols(graph: &Graph, leaves: &[Option<&Tensor>]) -> Result<HashMap<Str
         }
     }
     Ok(symbols)
+}
+
+/// The interpreter's own memory for one run of `graph` with inputs of these shapes (by
+/// leaf node index), before anything is allocated: the most bytes of non-leaf values
+/// alive at once (plus, while an op runs, one scratch copy of its largest argument),
+/// freeing each after its last use and never the `keep` values, at 8 bytes an element (it
+/// holds every value as `f64`). Saturates instead of overflowing.
+pub fn planned_peak(graph: &Graph, shapes: &[Option<&[usize]>], keep: &[ValueId]) -> Result<u64, RunError> {
+    let symbols = bind_shapes(graph, shapes)?;
+    let bytes: Vec<u64> = graph
+        .nodes
+        .iter()
+        .map(|n| {
+            if n.op.is_leaf() {
+                return 0;
+            }
+            let numel = graph.eval_dim(&n.ty.numel(), &|s: &str| symbols.get(s).copied()).unwrap_or(0);
+            u64::try_from(numel).unwrap_or(0).saturating_mul(8)
+        })
+        .collect();
+    let last = crate::memory::last_uses(graph, keep);
+    let mut frees: Vec<Vec<usize>> = vec![Vec::new(); graph.nodes.len()];
+    for (v, &l) in last.iter().enumerate() {
+        if l != usize::MAX {
+            frees[l].push(v);
+        }
+    }
+    let (mut live, mut peak) = (0u64, 0u64);
+    for (i, node) in graph.nodes.iter().enumerate() {
+        live = live.saturating_add(bytes[i]);
+        // While an op runs, its loops may hold a rearranged copy of its largest argument
+        // (a broadcast or a transposed operand) besides the result.
+        let scratch = node.args.iter().fold(0u64, |n, a| n.saturating_add(bytes[a.0 as usize]));
+        peak = peak.max(live.saturating_add(scratch));
+        for &v in &frees[i] {
+            live = live.saturating_sub(bytes[v]);
+        }
+    }
+    Ok(peak)
 }
 
 /// Rounds a result to what its dtype can hold.

@@ -14,6 +14,9 @@ use modelc_runtime::schedule::Phase;
 
 const BETAS: &str = "in [0, 1)";
 
+/// Under loss scaling, more skipped steps in a row than this stop a run (`max_skipped:`).
+pub const DEFAULT_MAX_SKIPPED: u64 = 20;
+
 pub fn default_optimizer() -> Optimizer {
     Optimizer {
         kind: Kind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 },
@@ -231,11 +234,11 @@ pub fn data(scope: &Scope, expr: &Expr) -> Result<Data, Error> {
         positional: 1,
         required: &["seq", "batch"],
     })?;
-    let mut dims = [0i64; 2];
+    let mut dims = [(0i64, c.span); 2];
     for (i, key) in ["seq", "batch"].iter().enumerate() {
         let (n, span) = a.int(key).unwrap_or((0, c.span));
         range(n >= 1, span, key, n, "at least 1")?;
-        dims[i] = n;
+        dims[i] = (n, span);
     }
     let source = match a.value("source") {
         Some(Value::Str(p)) => Some(p.clone()),
@@ -251,7 +254,7 @@ pub fn data(scope: &Scope, expr: &Expr) -> Result<Data, Error> {
         None => None,
     };
     let tokenizer = a.value("tokenizer").map_or("bytes".to_string(), |v| v.to_string());
-    Ok(Data { source, tokenizer, seq: dims[0], batch: dims[1] })
+    Ok(Data { source, tokenizer, seq: dims[0].0, batch: dims[1].0, seq_at: dims[0].1, batch_at: dims[1].1 })
 }
 
 pub fn precision(scope: &Scope, expr: &Expr) -> Result<Precision, Error> {
@@ -268,17 +271,20 @@ pub fn precision(scope: &Scope, expr: &Expr) -> Result<Precision, Error> {
                     ("compute", Want::Word(&["bf16", "f16"])),
                     ("master", Want::Word(&["f32"])),
                     ("loss_scale", Want::Form),
+                    ("max_skipped", Want::Int),
                 ],
                 positional: 0,
                 required: &[],
             })?;
+            let (max_skipped, span) = a.int("max_skipped").unwrap_or((DEFAULT_MAX_SKIPPED as i64, c.span));
+            range(max_skipped >= 0, span, "max_skipped", max_skipped, "a number of steps ≥ 0")?;
             let compute = if a.word("compute") == Some("f16") { DType::F16 } else { DType::BF16 };
             let loss_scale = match a.value("loss_scale") {
                 None if compute == DType::F16 => LossScaling::Dynamic { init: 65536.0, growth_interval: 2000 },
                 None => LossScaling::Fixed(1.0),
                 Some(_) => loss_scaling(scope, expr)?,
             };
-            Ok(Precision::Mixed { compute, loss_scale })
+            Ok(Precision::Mixed { compute, loss_scale, max_skipped: max_skipped as u64 })
         }
         _ => Err(c.unknown("precision", &["f32", "mixed"])),
     }

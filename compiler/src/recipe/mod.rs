@@ -73,6 +73,10 @@ pub struct Data {
     pub tokenizer: String,
     pub seq: i64,
     pub batch: i64,
+    /// Where `seq:` and `batch:` are written (root file), for errors about their values
+    /// that only the data or the memory can show.
+    pub seq_at: Span,
+    pub batch_at: Span,
 }
 
 /// The optimizer and its hyperparameters.
@@ -107,10 +111,12 @@ pub enum LossScaling {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Precision {
     F32,
-    /// Contractions in `compute` (bf16 or f16), f32 master weights, loss scaling.
+    /// Contractions in `compute` (bf16 or f16), f32 master weights, loss scaling; more
+    /// than `max_skipped` steps skipped in a row stop the run.
     Mixed {
         compute: DType,
         loss_scale: LossScaling,
+        max_skipped: u64,
     },
 }
 
@@ -136,6 +142,14 @@ impl Precision {
 
     pub fn name(&self) -> &'static str {
         self.compute().map_or("f32", |d| d.name())
+    }
+
+    /// Skipped steps in a row that a loss-scaled run tolerates.
+    pub fn max_skipped(&self) -> u64 {
+        match self {
+            Precision::F32 => entries::DEFAULT_MAX_SKIPPED,
+            Precision::Mixed { max_skipped, .. } => *max_skipped,
+        }
     }
 }
 

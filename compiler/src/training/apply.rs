@@ -1,5 +1,6 @@
 //! Accumulated gradients + parameters + optimizer state → the `apply` program: unscale,
-//! the global gradient norm, the non-finite skip (under loss scaling) as a `where`,
+//! the global gradient norm, the non-finite guard as a `where` (a step whose norm is not
+//! finite changes nothing: skipped under loss scaling, the end of an f32 run),
 //! clipping, and each optimizer's update, every stored value rounded to f32.
 //!
 //! Each expression is written in the order `modelc_runtime::optim` evaluates it (f64
@@ -20,8 +21,7 @@ pub struct ApplySpec {
     pub weight_decay: f64,
     pub no_decay: Vec<String>,
     pub clip: Option<f64>,
-    /// Mixed precision: gradients are divided by the `loss_scale` input, and a step whose
-    /// gradient norm is not finite changes nothing.
+    /// Mixed precision: gradients are divided by the `loss_scale` input.
     pub loss_scaled: bool,
 }
 
@@ -48,13 +48,10 @@ pub fn apply_graph(params: &[(String, Vec<usize>)], spec: &ApplySpec) -> Result<
         });
     }
     let norm = global_norm(&mut b, &grads, &sorted)?;
-    let finite = match scale {
-        Some(_) => {
-            let abs = b.unary(Unary::Abs, norm)?;
-            Some(b.with(Binary::Lt, abs, f64::INFINITY)?)
-        }
-        None => None,
-    };
+    // Always guarded: the parameters a diverging step started from stay intact, for
+    // the divergence report and `--detect-anomaly`, whatever the precision.
+    let abs = b.unary(Unary::Abs, norm)?;
+    let finite = b.with(Binary::Lt, abs, f64::INFINITY)?;
     let factor = match spec.clip {
         Some(clip) => {
             let over = b.with(Binary::Gt, norm, clip)?;
@@ -108,7 +105,7 @@ struct Step {
     lr: ValueId,
     bias1: Option<ValueId>,
     bias2: Option<ValueId>,
-    finite: Option<ValueId>,
+    finite: ValueId,
 }
 
 /// Stores `new` (f64) into buffer `name` (f32) as `where(finite, new, old)`.
@@ -121,10 +118,7 @@ fn store(
     updates: &mut Vec<(String, ValueId)>,
 ) -> Result<(), String> {
     let rounded = b.cast(new, DType::F32)?;
-    let kept = match step.finite {
-        Some(finite) => b.select(finite, rounded, old)?,
-        None => rounded,
-    };
+    let kept = b.select(step.finite, rounded, old)?;
     updates.push((name, kept));
     Ok(())
 }

@@ -1,7 +1,14 @@
 //! A recipe → what a training run starts from: the parameters (declared initialisers, a
 //! `from` checkpoint, or upcycling) and the training programs (`step`, `apply`) compiled
 //! by the chosen backend into an executable that holds parameters and optimizer state.
-//! The loop itself is the runtime's (`modelc_runtime::train`), generic over backends.
+//! The loop itself is the runtime's (`modelc_runtime::train`), generic over backends;
+//! `command.rs` is `modelc train`, `fingerprint.rs` says what a run is, `anomaly.rs`
+//! finds the first non-finite op of a diverged step, `signals.rs` stops a run cleanly.
+
+pub mod anomaly;
+pub mod command;
+pub mod fingerprint;
+pub mod signals;
 
 use modelc_compiler::backend::{Backend, Program};
 use modelc_compiler::elab::instance::Instance;
@@ -39,12 +46,7 @@ pub fn initial_params(instance: &Instance, w: &modelc_compiler::Workload, seed: 
         (None, Some(up)) => (&up.path, Some(up.noise)),
         (None, None) => return Ok(params),
     };
-    let path = std::path::Path::new(base);
-    let loaded = if path.is_dir() {
-        modelc_runtime::train::latest_checkpoint(path).map(|r| r.params)
-    } else {
-        modelc_runtime::checkpoint::load(path)
-    };
+    let loaded = load_weights(std::path::Path::new(base));
     let how = if upcycle.is_some() { "upcycles" } else { "starts `from`" };
     let tensors = loaded.map_err(|e| {
         format!(
@@ -156,20 +158,43 @@ pub fn model_buffers(instance: &Instance) -> Vec<(String, TensorType)> {
     out
 }
 
+/// The parameters of a checkpoint: a safetensors file, or a run directory's newest
+/// intact checkpoint.
+pub fn load_weights(path: &std::path::Path) -> Result<Tensors, String> {
+    if path.is_dir() {
+        modelc_runtime::run_dir::latest_checkpoint(path).map(|r| r.params)
+    } else {
+        modelc_runtime::checkpoint::load(path)
+    }
+}
+
 /// Writes host parameters into the executable's buffers (rounded to their f32 storage).
-/// Every model parameter must be given (a buffer left zeroed would run silently wrong);
-/// tensors the executable has no buffer for are not the model's and are left out.
-pub fn write_params(exe: &mut dyn Executable, mut params: Tensors) -> Result<(), String> {
-    let names: std::collections::HashSet<String> = exe.buffers().into_iter().map(|b| b.name).collect();
-    let mut missing: Vec<&String> = names.iter().filter(|n| !n.contains(':') && !params.contains_key(*n)).collect();
+/// Every model parameter must be given (a buffer left zeroed would run silently wrong)
+/// with the model's shape; tensors the executable has no buffer for are not the model's
+/// and are left out. `from` names where the weights come from, for the errors.
+pub fn write_params(exe: &mut dyn Executable, mut params: Tensors, from: &str) -> Result<(), String> {
+    let buffers: std::collections::HashMap<String, Vec<usize>> =
+        exe.buffers().into_iter().map(|b| (b.name, b.shape)).collect();
+    let mut missing: Vec<&String> = buffers.keys().filter(|n| !n.contains(':') && !params.contains_key(*n)).collect();
     missing.sort();
     if let Some(first) = missing.first() {
         return Err(format!(
-            "missing parameter `{first}`{}: the weights do not hold it",
+            "missing parameter `{first}`{} in {from}: the weights do not hold it",
             if missing.len() > 1 { format!(" (and {} more)", missing.len() - 1) } else { String::new() }
         ));
     }
-    params.retain(|k, _| names.contains(k));
+    params.retain(|k, _| buffers.contains_key(k));
+    let wrong: Vec<String> = params
+        .iter()
+        .filter(|(name, (shape, _))| buffers.get(*name) != Some(shape))
+        .map(|(name, (shape, _))| format!("`{name}` is {shape:?} in {from}, the model's is {:?}", buffers[name]))
+        .collect();
+    if let Some(first) = wrong.first() {
+        let more = if wrong.len() > 1 { format!(" (and {} more)", wrong.len() - 1) } else { String::new() };
+        return Err(format!(
+            "{first}{more}\n  help: the weights are of another model, or of other arguments of this one"
+        ));
+    }
     for (name, (shape, data)) in params {
         exe.write(&name, HostTensor::new(shape, data))?;
     }
@@ -179,6 +204,8 @@ pub fn write_params(exe: &mut dyn Executable, mut params: Tensors) -> Result<(),
 /// A compiled training run: the executable and the buffers a checkpoint holds.
 pub struct Training {
     pub exe: Box<dyn Executable>,
+    /// The `step` program, kept when `--detect-anomaly` may re-run it.
+    pub step: Option<Program>,
     /// The model's parameters, in declaration order.
     pub params: Vec<String>,
     /// Each optimizer-state buffer and its name in the optimizer checkpoint.
@@ -192,6 +219,7 @@ pub fn compile(
     graph: Graph,
     instance: &Instance,
     w: &modelc_compiler::Workload,
+    keep_step: bool,
 ) -> Result<Training, String> {
     let buffers = model_buffers(instance);
     let shapes: std::collections::HashMap<&str, Vec<usize>> = buffers
@@ -230,19 +258,28 @@ pub fn compile(
         Program { name: names::APPLY.into(), graph: apply, returns: vec![(names::GRAD_NORM.into(), norm)] },
     ];
     let params = buffers.iter().map(|(n, _)| n.clone()).collect();
+    let step = keep_step.then(|| programs[0].clone());
     let exe = backend.compile(buffers, programs)?;
-    Ok(Training { exe, params, state })
+    Ok(Training { exe, step, params, state })
 }
 
-/// Restores optimizer state saved as `m.NAME`, ... (flattened) into its buffers.
-pub fn write_state(exe: &mut dyn Executable, state: &[(String, String)], saved: Tensors) -> Result<(), String> {
+/// Restores optimizer state saved as `m.NAME`, ... (flattened) into its buffers; every
+/// state buffer must be in the checkpoint (`from`), at its size.
+pub fn write_state(
+    exe: &mut dyn Executable,
+    state: &[(String, String)],
+    saved: Tensors,
+    from: &str,
+) -> Result<(), String> {
     let shapes: std::collections::HashMap<String, Vec<usize>> =
         exe.buffers().into_iter().map(|b| (b.name, b.shape)).collect();
     for (buffer, key) in state {
-        let Some((_, data)) = saved.get(key) else { continue };
+        let Some((_, data)) = saved.get(key) else {
+            return Err(format!("optimizer state `{key}` is missing from {from} (a checkpoint of another optimizer?)"));
+        };
         let shape = shapes.get(buffer).cloned().unwrap_or_default();
         if shape.iter().product::<usize>() != data.len() {
-            return Err(format!("the checkpoint's `{key}` has {} values, the model's {shape:?}", data.len()));
+            return Err(format!("`{key}` in {from} has {} values, the model's {shape:?}", data.len()));
         }
         exe.write(buffer, HostTensor::new(shape, data.clone()))?;
     }

@@ -3,6 +3,9 @@
 //! decoding, the runtime's sampling, and beam search. Both paths give the same logits; the
 //! cached one does `O(T)` work per token instead of `O(T²)`. The parameters stay in the
 //! executable; each call sends tokens (and the caches, which still travel as inputs).
+//! `command.rs` is `modelc generate`.
+
+pub mod command;
 
 use modelc_compiler::backend::{Backend, Program};
 use modelc_compiler::graph::types::TensorType;
@@ -25,11 +28,14 @@ pub struct Model {
 impl Model {
     /// Compiles `full` (the model's forward) and its decode step on `backend`, with the
     /// model's parameter buffers `buffers` filled from `params`.
+    /// `memory` is the check before anything of a call's size is allocated: the longest
+    /// sequence (`[rows, len]`) against `--memory-limit`.
     pub fn new(
         backend: &dyn Backend,
         full: Graph,
         buffers: Vec<(String, TensorType)>,
-        params: Tensors,
+        (params, from): (Tensors, &str),
+        memory: ((usize, usize), Option<u64>),
     ) -> Result<Model, String> {
         let token_input = crate::train::token_inputs(&full);
         let [token_input] = token_input.as_slice() else {
@@ -50,7 +56,12 @@ impl Model {
         };
         let programs = vec![Program::of_outputs("forward", full), decode];
         let mut exe = backend.compile(buffers, programs)?;
-        crate::train::write_params(exe.as_mut(), params)?;
+        let ((rows, len), limit) = memory;
+        let call =
+            modelc_runtime::memory::PlannedCall { program: "forward", inputs: vec![(token_input, vec![rows, len])] };
+        let remedies = "lower `--max-tokens` or `--beams`, or shorten the prompt";
+        modelc_runtime::memory::check(exe.as_ref(), &[call], limit, remedies)?;
+        crate::train::write_params(exe.as_mut(), params, from)?;
         Ok(Model { exe: RefCell::new(exe), slots, token_input: token_input.clone() })
     }
 }
