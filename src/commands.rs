@@ -105,6 +105,12 @@ pub fn inspect(
     json: bool,
     report: &Reporter,
 ) -> i32 {
+    for (flag, value) in [("--batch", workload.0), ("--seq", workload.1)] {
+        if let Some(v) = value.filter(|&v| v < 1) {
+            report.plain_error(&format!("`{flag} {v}`: must be at least 1"));
+            return EXIT_INPUT;
+        }
+    }
     let Some(mut program) = load_program(path, report) else {
         return EXIT_INPUT;
     };

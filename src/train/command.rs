@@ -32,11 +32,10 @@ pub struct TrainArgs<'a> {
 }
 
 pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) -> i32 {
-    for (flag, value) in [("--steps", args.steps), ("--checkpoint-every", args.checkpoint_every)] {
-        if value == Some(0) {
-            report.plain_error(&format!("`{flag} 0`: must be at least 1"));
-            return EXIT_INPUT;
-        }
+    // `--steps 0` is allowed: it writes the initial parameters as the final weights.
+    if args.checkpoint_every == Some(0) {
+        report.plain_error("`--checkpoint-every 0`: must be at least 1 (the last step is always checkpointed)");
+        return EXIT_INPUT;
     }
     let Some(mut program) = commands::load_program(path, report) else {
         return EXIT_INPUT;
