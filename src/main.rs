@@ -163,7 +163,7 @@ enum Command {
         checkpoint_every: Option<u64>,
         /// Continue the run in DIR from its newest intact checkpoint; later steps equal an
         /// uninterrupted run's bit for bit. Its seed, steps and data are the defaults.
-        #[arg(long, conflicts_with = "out")]
+        #[arg(long)]
         resume: Option<PathBuf>,
         /// Start over in an `--out` directory that holds a run (its files are removed).
         #[arg(long, conflicts_with = "resume")]

@@ -37,6 +37,16 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
         report.plain_error("`--checkpoint-every 0`: must be at least 1 (the last step is always checkpointed)");
         return EXIT_INPUT;
     }
+    if let (Some(out), Some(resume)) = (args.out, args.resume) {
+        if out != resume {
+            report.plain_error(&format!(
+                "`--out {}` and `--resume {}` name different directories: a resumed run continues in its own",
+                out.display(),
+                resume.display()
+            ));
+            return EXIT_INPUT;
+        }
+    }
     let Some(mut program) = commands::load_program(path, report) else {
         return EXIT_INPUT;
     };
