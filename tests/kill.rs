@@ -61,32 +61,29 @@ fn assert_same_run(dir: &Path, reference: &Path, what: &str) {
     assert!(final_weights(dir) == final_weights(reference), "{what}: final weights differ");
 }
 
-/// Resumes (or restarts, when the kill came before the run had a checkpoint to resume
-/// from) until a run ends by itself; returns how many attempts that took.
+/// Resumes the run (or starts it over, when the kill came before it had a checkpoint to
+/// resume from) to its end; returns how many runs that took.
 fn finish(dir: &Path, recipe: &str) -> usize {
-    for attempt in 1..=20 {
-        let out = start(dir, true, recipe).output().expect("resume");
-        match out.status.code() {
-            Some(0) => return attempt,
-            Some(1) => {
-                let err = String::from_utf8_lossy(&out.stderr);
-                assert!(
-                    err.contains("no checkpoint")
-                        || err.contains("has no `run.json`")
-                        || err.contains("there is no such directory"),
-                    "resume refused for another reason:\n{err}"
-                );
-                let d = dir.to_string_lossy().into_owned();
-                let fresh = command(&["train", FILE, "--recipe", recipe, "--steps", STEPS, "--out", &d, "--overwrite"])
-                    .output()
-                    .expect("restart");
-                assert_eq!(fresh.status.code(), Some(0), "{}", String::from_utf8_lossy(&fresh.stderr));
-                return attempt + 1;
-            }
-            other => panic!("resume ended with {other:?}:\n{}", String::from_utf8_lossy(&out.stderr)),
+    let out = start(dir, true, recipe).output().expect("resume");
+    match out.status.code() {
+        Some(0) => 1,
+        Some(1) => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("no checkpoint")
+                    || err.contains("has no `run.json`")
+                    || err.contains("there is no such directory"),
+                "resume refused for another reason:\n{err}"
+            );
+            let d = dir.to_string_lossy().into_owned();
+            let fresh = command(&["train", FILE, "--recipe", recipe, "--steps", STEPS, "--out", &d, "--overwrite"])
+                .output()
+                .expect("restart");
+            assert_eq!(fresh.status.code(), Some(0), "{}", String::from_utf8_lossy(&fresh.stderr));
+            2
         }
+        other => panic!("resume ended with {other:?}:\n{}", String::from_utf8_lossy(&out.stderr)),
     }
-    panic!("the run never finished");
 }
 
 fn reference(base: &Path, recipe: &str) -> (PathBuf, Duration) {
