@@ -16,7 +16,8 @@ const LISTED: usize = 12;
 /// holding `model.safetensors`.
 pub fn import(instance: &Instance, path: &Path) -> Result<HashMap<String, Tensor>, String> {
     let file = resolve(path)?;
-    let (mut tensors, _buffers) = modelc_runtime::checkpoint::read(&file)?;
+    let (mut tensors, buffers) = modelc_runtime::checkpoint::read(&file)?;
+    let dtype_of: HashMap<String, String> = buffers.into_iter().collect();
     let unused = instance.unused_globs("");
     let mut params = HashMap::new();
     let (mut missing, mut wrong) = (Vec::new(), Vec::new());
@@ -30,6 +31,11 @@ pub fn import(instance: &Instance, path: &Path) -> Result<HashMap<String, Tensor
         };
         let stored: Vec<usize> = perm.iter().map(|&a| shape[a]).collect();
         match tensors.remove(name) {
+            // An integer or f64 tensor under a parameter's name is there, of the wrong dtype.
+            None if dtype_of.contains_key(name) => wrong.push(format!(
+                "{name}: the checkpoint's is {}, a parameter loads from f32, f16 or bf16",
+                dtype_of[name]
+            )),
             None => missing.push(format!("{name} {}", dims(&stored))),
             Some((have, _)) if have != stored => wrong.push(format!(
                 "{name}: the checkpoint's is {}, the model's {}",
@@ -69,7 +75,7 @@ pub fn import(instance: &Instance, path: &Path) -> Result<HashMap<String, Tensor
         }
     };
     section("missing from the checkpoint", &missing);
-    section("wrong shape", &wrong);
+    section("wrong shape or dtype", &wrong);
     section("in the checkpoint but not in the model", &unexpected.into_iter().collect::<Vec<_>>());
     msg.push_str(
         "\n  hint: the model's parameter names (`modelc inspect`) must equal the checkpoint's; \

@@ -366,3 +366,32 @@ fn backends_not_built_name_their_feature() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("did you mean `interp`?"), "{stderr}");
 }
+
+/// The memory plan of a step covers what the interpreter then measures: its activations
+/// (at each dtype's size, without the kept values) are at most the plan's intermediate
+/// values (8 bytes an element, kept values and scratch included), and not far below it.
+#[test]
+fn the_memory_plan_covers_the_measured_peak() {
+    for (file, recipe) in
+        [("examples/llama.model", "tiny"), ("examples/gpt2.model", "tiny"), ("examples/t5.model", "tiny")]
+    {
+        let (mut training, w, tokens) = compiled(file, recipe);
+        let (b, t) = (w.batch as usize, w.seq as usize);
+        let mut shapes: Vec<(&str, Vec<usize>)> = tokens.iter().map(|n| (n.as_str(), vec![b, t])).collect();
+        shapes.push(("targets", vec![b, t]));
+        shapes.push(("micro_scale", Vec::new()));
+        let plan = training.exe.plan("step", &shapes).expect("plan");
+        let batches = w.recipe.objective.batches.clone();
+        let (inputs, targets) = batches.batch(&modelc_runtime::data::Corpus::builtin(), b, t, 1, 0);
+        let mut call: Vec<(&str, HostTensor)> = tokens.iter().map(String::as_str).zip(inputs).collect();
+        call.push(("targets", targets));
+        call.push(("micro_scale", HostTensor::scalar(1.0)));
+        training.exe.call("step", call, Default::default()).expect("step");
+        let measured = training.exe.activations_peak().expect("measured");
+        assert!(plan.peak >= measured, "{file}: plan {plan:?} below the measured {measured}");
+        assert!(plan.peak < 8 * measured, "{file}: plan {plan:?} far above the measured {measured}");
+        assert_eq!(plan.inputs, (tokens.len() + 1) as u64 * (b * t) as u64 * 8 + 8, "{file}");
+        let buffers: usize = training.exe.buffers().iter().map(|b| b.shape.iter().product::<usize>()).sum();
+        assert_eq!(plan.buffers, buffers as u64 * 8, "{file}");
+    }
+}

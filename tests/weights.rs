@@ -150,6 +150,11 @@ fn mismatches_are_listed_with_both_shapes() {
             } else {
                 t
             };
+            // An f64 tensor under a parameter's name: the wrong dtype, not "missing".
+            if k == "encoder.layer.0.output.dense.bias" {
+                let f64s: Vec<u8> = t.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+                return (k.clone(), t.shape.clone(), Dtype::F64, f64s);
+            }
             (k.clone(), t.shape.clone(), Dtype::F32, bytes(&t, Dtype::F32))
         })
         .collect();
@@ -167,7 +172,8 @@ fn mismatches_are_listed_with_both_shapes() {
     for want in [
         "missing from the checkpoint (1)",
         "encoder.layer.1.output.dense.bias [32]",
-        "wrong shape (1)",
+        "wrong shape or dtype (2)",
+        "encoder.layer.0.output.dense.bias: the checkpoint's is f64, a parameter loads from f32, f16 or bf16",
         "encoder.layer.0.attention.self.query.weight: the checkpoint's is [32, 16], the model's [32, 32] (stored as [32, 32])",
         "in the checkpoint but not in the model (1)",
         "extra.scale [3]",

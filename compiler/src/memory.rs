@@ -38,16 +38,23 @@ pub fn is_activation(op: &Op) -> bool {
     !op.is_external()
 }
 
-/// The peak of live activation bytes when `graph` runs in order and frees each value after
-/// its last use; `bytes[i]` is node `i`'s size.
-pub fn peak_bytes(graph: &Graph, bytes: &[u64], keep: &[ValueId]) -> u64 {
-    let last = last_uses(graph, keep);
-    let mut frees: Vec<Vec<usize>> = vec![Vec::new(); graph.nodes.len()];
+/// For each node, the values whose last use it is (from `last_uses`): what is freed once
+/// it has run.
+pub fn frees_after(last: &[usize]) -> Vec<Vec<usize>> {
+    let mut frees: Vec<Vec<usize>> = vec![Vec::new(); last.len()];
     for (v, &l) in last.iter().enumerate() {
         if l != usize::MAX {
             frees[l].push(v);
         }
     }
+    frees
+}
+
+/// The peak of live activation bytes when `graph` runs in order and frees each value after
+/// its last use; `bytes[i]` is node `i`'s size.
+pub fn peak_bytes(graph: &Graph, bytes: &[u64], keep: &[ValueId]) -> u64 {
+    let last = last_uses(graph, keep);
+    let frees = frees_after(&last);
     let (mut live, mut peak) = (0u64, 0u64);
     for (i, node) in graph.nodes.iter().enumerate() {
         if is_activation(&node.op) && last[i] != usize::MAX {

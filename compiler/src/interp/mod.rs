@@ -243,7 +243,7 @@ fn bind_shapes(graph: &Graph, shapes: &[Option<&[usize]>]) -> Result<HashMap<Str
 
 /// The interpreter's own memory for one run of `graph` with inputs of these shapes (by
 /// leaf node index), before anything is allocated: the most bytes of non-leaf values
-/// alive at once (plus, while an op runs, one scratch copy of its largest argument),
+/// alive at once (plus, while an op runs, a scratch copy of each argument),
 /// freeing each after its last use and never the `keep` values, at 8 bytes an element (it
 /// holds every value as `f64`). Saturates instead of overflowing.
 pub fn planned_peak(graph: &Graph, shapes: &[Option<&[usize]>], keep: &[ValueId]) -> Result<u64, RunError> {
@@ -259,18 +259,12 @@ pub fn planned_peak(graph: &Graph, shapes: &[Option<&[usize]>], keep: &[ValueId]
             u64::try_from(numel).unwrap_or(0).saturating_mul(8)
         })
         .collect();
-    let last = crate::memory::last_uses(graph, keep);
-    let mut frees: Vec<Vec<usize>> = vec![Vec::new(); graph.nodes.len()];
-    for (v, &l) in last.iter().enumerate() {
-        if l != usize::MAX {
-            frees[l].push(v);
-        }
-    }
+    let frees = crate::memory::frees_after(&crate::memory::last_uses(graph, keep));
     let (mut live, mut peak) = (0u64, 0u64);
     for (i, node) in graph.nodes.iter().enumerate() {
         live = live.saturating_add(bytes[i]);
-        // While an op runs, its loops may hold a rearranged copy of its largest argument
-        // (a broadcast or a transposed operand) besides the result.
+        // While an op runs, its loops may hold rearranged copies of its arguments (a
+        // broadcast, a transposed operand) besides the result.
         let scratch = node.args.iter().fold(0u64, |n, a| n.saturating_add(bytes[a.0 as usize]));
         peak = peak.max(live.saturating_add(scratch));
         for &v in &frees[i] {
