@@ -1,6 +1,7 @@
 //! Checkpoints: named f32 tensors in safetensors files, and a JSON sidecar saying which
 //! step they are and what resuming needs. Every file is written atomically (temporary
-//! file, fsync, rename), so a crash never leaves a half-written checkpoint.
+//! file, fsync, rename, fsync of the directory), so a crash never leaves a half-written
+//! checkpoint.
 
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::BTreeMap;
@@ -18,7 +19,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    // The rename itself is durable once the directory is synced (a power cut otherwise
+    // may bring back the old name).
+    #[cfg(unix)]
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 pub fn save(path: &Path, tensors: &Tensors) -> Result<(), String> {
