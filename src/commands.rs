@@ -196,8 +196,8 @@ pub enum Stage {
     Grad,
     /// The Graph IR after fusion.
     Fused,
-    /// The Kernel IR.
-    Kernels,
+    /// The Kernel IR: the training step's programs with a recipe, else the forward.
+    Kernel,
     /// Generated CUDA C.
     Cuda,
     /// MLIR.
@@ -660,8 +660,57 @@ pub fn emit(path: &Path, stage: Stage, target: &Target, print: &PrintAfter, repo
                 }
             }
         }
+        Stage::Kernel => emit_kernel(path, target, report),
         other => not_implemented(&format!("`modelc emit --stage {}`", stage_name(other)), report),
     }
+}
+
+/// `emit --stage kernel`: each program lowered to Kernel IR, under a `; program NAME` line:
+/// with a recipe the training step's `step` and `apply`, else the model's forward.
+fn emit_kernel(path: &Path, target: &Target, report: &Reporter) -> i32 {
+    let Some(mut program) = load_program(path, report) else {
+        return EXIT_INPUT;
+    };
+    let built = modelc_compiler::instantiate(&mut program, target).and_then(|instance| {
+        let graph = modelc_compiler::elab::forward::elaborate(&program, &instance)?;
+        let w = modelc_compiler::workload(&program, target, None, None)?;
+        Ok((instance, graph, w))
+    });
+    let (instance, graph, w) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            report_compile_error(&e, &program, report);
+            return EXIT_INPUT;
+        }
+    };
+    let programs = if target.recipe.is_some() {
+        modelc_compiler::lower(graph, &w, Lowering::Training)
+            .and_then(|g| crate::train::training_programs(g, &instance, &w))
+            .map(|t| t.programs)
+    } else {
+        modelc_compiler::lower(graph, &w, Lowering::Outputs)
+            .map(|g| vec![modelc_compiler::backend::Program::of_outputs("forward", g)])
+    };
+    let programs = match programs {
+        Ok(p) => p,
+        Err(why) => {
+            report.plain_error(&why);
+            return EXIT_UNSUPPORTED;
+        }
+    };
+    for p in programs {
+        match modelc_compiler::kernel::lower::lower(&p.graph, &p.returns) {
+            Ok(k) => {
+                println!("; program {}: {}", p.name, modelc_compiler::kernel::text::summary(&k));
+                print!("{k}");
+            }
+            Err(why) => {
+                report.plain_error(&format!("lowering program `{}` to Kernel IR: {why}", p.name));
+                return EXIT_UNSUPPORTED;
+            }
+        }
+    }
+    EXIT_OK
 }
 
 fn stage_name(stage: Stage) -> String {

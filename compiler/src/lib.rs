@@ -15,6 +15,8 @@ pub mod glob;
 pub mod graph;
 pub mod inspect;
 pub mod interp;
+pub mod kernel;
+pub mod library;
 pub mod memory;
 pub mod modules;
 pub mod objective;

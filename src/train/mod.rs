@@ -212,15 +212,22 @@ pub struct Training {
     pub state: Vec<(String, String)>,
 }
 
-/// Compiles the training graph (`lower(.., Training)`) into `step` and `apply` programs on
-/// `backend`, for the recipe's optimizer, clipping and loss scaling.
-pub fn compile(
-    backend: &dyn Backend,
+/// The training step's programs: `step` (forward, backward, gradients into accumulators)
+/// and `apply` (unscale, norm, guard, clip, the optimizer), the model's buffers, and each
+/// optimizer-state buffer with its name in the optimizer checkpoint.
+pub struct TrainingPrograms {
+    pub programs: Vec<Program>,
+    pub buffers: Vec<(String, TensorType)>,
+    pub state: Vec<(String, String)>,
+}
+
+/// The `step` and `apply` programs of the training graph (`lower(.., Training)`), for the
+/// recipe's optimizer, clipping and loss scaling.
+pub fn training_programs(
     graph: Graph,
     instance: &Instance,
     w: &modelc_compiler::Workload,
-    keep_step: bool,
-) -> Result<Training, String> {
+) -> Result<TrainingPrograms, String> {
     let buffers = model_buffers(instance);
     let shapes: std::collections::HashMap<&str, Vec<usize>> = buffers
         .iter()
@@ -257,6 +264,18 @@ pub fn compile(
         Program { name: names::STEP.into(), graph: step.graph, returns: step.returns },
         Program { name: names::APPLY.into(), graph: apply, returns: vec![(names::GRAD_NORM.into(), norm)] },
     ];
+    Ok(TrainingPrograms { programs, buffers, state })
+}
+
+/// Compiles the training step's programs on `backend`.
+pub fn compile(
+    backend: &dyn Backend,
+    graph: Graph,
+    instance: &Instance,
+    w: &modelc_compiler::Workload,
+    keep_step: bool,
+) -> Result<Training, String> {
+    let TrainingPrograms { programs, buffers, state } = training_programs(graph, instance, w)?;
     let params = buffers.iter().map(|(n, _)| n.clone()).collect();
     let step = keep_step.then(|| programs[0].clone());
     let exe = backend.compile(buffers, programs)?;

@@ -42,6 +42,22 @@ pub struct Graph {
     /// name) holds this value. The training step's gradient accumulators and the apply
     /// graph's parameters and optimizer state are updated in place this way.
     pub updates: Vec<(String, ValueId)>,
+    /// After fusion: the nodes that run together as one kernel. A node in no group is a
+    /// kernel of its own; a group's parts are independent loop nests launched together
+    /// (the optimizer's per-parameter updates). Leaves are in no group.
+    pub groups: Vec<Group>,
+}
+
+/// One fusion group: its nodes, in order, per part.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Group {
+    pub parts: Vec<Vec<ValueId>>,
+}
+
+impl Group {
+    pub fn nodes(&self) -> impl Iterator<Item = ValueId> + '_ {
+        self.parts.iter().flatten().copied()
+    }
 }
 
 /// `C0 = ceil(capacity * k * tokens / experts)`: an expert's slots in an MoE layer.
@@ -126,6 +142,11 @@ impl fmt::Display for Graph {
         }
         for (name, v) in &self.updates {
             writeln!(f, "update {name} = %{}", v.0)?;
+        }
+        for g in &self.groups {
+            let parts: Vec<String> =
+                g.parts.iter().map(|p| p.iter().map(|v| format!("%{}", v.0)).collect::<Vec<_>>().join(", ")).collect();
+            writeln!(f, "group {}", parts.join(" | "))?;
         }
         let outs: Vec<String> = self.outputs.iter().map(|o| format!("%{}", o.0)).collect();
         writeln!(f, "return {}", outs.join(", "))

@@ -140,6 +140,22 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
             g.grads.push(c.named_value()?);
         } else if c.eat("update ") {
             g.updates.push(c.named_value()?);
+        } else if c.eat("group ") {
+            let mut parts = vec![vec![c.value()?]];
+            loop {
+                if c.eat(", ") {
+                    let v = c.value()?;
+                    if let Some(part) = parts.last_mut() {
+                        part.push(v);
+                    }
+                } else if c.eat(" | ") {
+                    parts.push(vec![c.value()?]);
+                } else {
+                    break;
+                }
+            }
+            c.end()?;
+            g.groups.push(super::Group { parts });
         } else if c.eat("return") {
             if c.eat(" ") && !c.at_end() {
                 g.outputs.push(c.value()?);
@@ -151,7 +167,7 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
             returned = true;
         } else {
             return Err(c.err(format!(
-                "expected a node `%N: ...`, `dim`, `aux_loss`, `metric`, `grad`, `update` or `return`, found `{}`",
+                "expected a node `%N: ...`, `dim`, `aux_loss`, `metric`, `grad`, `update`, `group` or `return`, found `{}`",
                 c.word()
             )));
         }

@@ -79,6 +79,7 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
             exists(&format!("{kind} `{name}`"), *v)?;
         }
     }
+    verify_groups(g)?;
     let mut updated = HashSet::new();
     for (name, v) in &g.updates {
         if !updated.insert(name.as_str()) {
@@ -99,6 +100,69 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
                 ),
             });
         }
+    }
+    Ok(())
+}
+
+/// Fusion groups: existing non-leaf nodes, each in at most one group, no empty part,
+/// and no cycle between groups (each group can run once all it reads is computed).
+fn verify_groups(g: &Graph) -> Result<(), VerifyError> {
+    let mut group_of = vec![usize::MAX; g.nodes.len()];
+    for (gi, group) in g.groups.iter().enumerate() {
+        let bad = |node: Option<usize>, m: String| VerifyError { node, message: format!("group {gi}: {m}") };
+        if group.parts.is_empty() || group.parts.iter().any(|p| p.is_empty()) {
+            return Err(bad(None, "has an empty part".into()));
+        }
+        for v in group.nodes() {
+            let i = v.0 as usize;
+            if i >= g.nodes.len() {
+                return Err(bad(None, format!("%{i} is not a node")));
+            }
+            if g.nodes[i].op.is_leaf() {
+                return Err(bad(Some(i), format!("{} is a leaf; leaves are in no group", describe(g, i))));
+            }
+            if group_of[i] != usize::MAX {
+                return Err(bad(Some(i), format!("{} is also in group {}", describe(g, i), group_of[i])));
+            }
+            group_of[i] = gi;
+        }
+    }
+    // The groups (and the kernels of single ungrouped nodes) must form a DAG: each can
+    // run once what it reads is computed.
+    let n_groups = g.groups.len();
+    let unit: Vec<usize> =
+        (0..g.nodes.len()).map(|i| if group_of[i] != usize::MAX { group_of[i] } else { n_groups + i }).collect();
+    let mut edges: Vec<Vec<usize>> = vec![Vec::new(); n_groups + g.nodes.len()];
+    let mut indegree = vec![0usize; n_groups + g.nodes.len()];
+    for (i, node) in g.nodes.iter().enumerate() {
+        if node.op.is_leaf() {
+            continue;
+        }
+        for a in &node.args {
+            let ai = a.0 as usize;
+            if !g.nodes[ai].op.is_leaf() && unit[ai] != unit[i] {
+                edges[unit[ai]].push(unit[i]);
+                indegree[unit[i]] += 1;
+            }
+        }
+    }
+    let mut ready: Vec<usize> = (0..indegree.len()).filter(|&u| indegree[u] == 0).collect();
+    let mut done = 0;
+    while let Some(u) = ready.pop() {
+        done += 1;
+        for &w in &edges[u] {
+            indegree[w] -= 1;
+            if indegree[w] == 0 {
+                ready.push(w);
+            }
+        }
+    }
+    if done < indegree.len() {
+        let stuck = (0..n_groups).find(|&u| indegree[u] > 0).unwrap_or(0);
+        return Err(VerifyError {
+            node: None,
+            message: format!("group {stuck} is on a cycle: it reads a value that depends on its own members"),
+        });
     }
     Ok(())
 }

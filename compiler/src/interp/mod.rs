@@ -6,9 +6,10 @@
 pub mod tensor;
 
 use crate::graph::dim::Dim;
-use crate::graph::op::{Binary, Op, Reduce, Unary};
+use crate::graph::op::{Op, Reduce};
 use crate::graph::types::DType;
 use crate::graph::{Graph, ValueId};
+use crate::library;
 use std::collections::HashMap;
 use tensor::{around, broadcast_shape, broadcast_to, matmul, transpose, zip, Tensor};
 
@@ -276,68 +277,13 @@ pub fn planned_peak(graph: &Graph, shapes: &[Option<&[usize]>], keep: &[ValueId]
 
 /// Rounds a result to what its dtype can hold.
 pub fn round_to(t: &mut Tensor, dtype: DType) {
-    let f: fn(f64) -> f64 = match dtype {
-        DType::F32 => |x| x as f32 as f64,
-        DType::BF16 => |x| half::bf16::from_f64(x).to_f64(),
-        DType::F16 => |x| half::f16::from_f64(x).to_f64(),
-        DType::F64 | DType::I32 | DType::I64 | DType::Bool => return,
-    };
-    t.data.iter_mut().for_each(|x| *x = f(*x));
-}
-
-/// SplitMix64: a tiny, well-mixed generator; each dropout mask and noise draw gets its own,
-/// seeded by (seed, key), so one seed fixes them all and the backward pass replays them.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box–Muller).
-    fn normal(&mut self) -> f64 {
-        let u = self.uniform().max(f64::MIN_POSITIVE);
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * self.uniform()).cos()
+    if !matches!(dtype, DType::F64 | DType::I32 | DType::I64 | DType::Bool) {
+        t.data.iter_mut().for_each(|x| *x = library::round(*x, dtype));
     }
 }
 
 fn map(x: &Tensor, f: impl Fn(f64) -> f64) -> Tensor {
     Tensor::new(x.shape.clone(), x.data.iter().map(|&v| f(v)).collect())
-}
-
-fn gelu(x: f64) -> f64 {
-    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
-}
-
-fn gelu_tanh(x: f64) -> f64 {
-    let c = (2.0 / std::f64::consts::PI).sqrt();
-    0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
-}
-
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-/// Python's floor division and modulo, as compile-time arithmetic does.
-fn floor_div(a: f64, b: f64) -> f64 {
-    (a / b).floor()
-}
-
-fn log_sum_exp(xs: impl Iterator<Item = f64> + Clone) -> f64 {
-    let m = xs.clone().fold(f64::NEG_INFINITY, f64::max);
-    if m == f64::NEG_INFINITY {
-        return m;
-    }
-    m + xs.map(|x| (x - m).exp()).sum::<f64>().ln()
 }
 
 fn reduce(x: &Tensor, kind: Reduce, axes: &[usize], keepdim: bool) -> Tensor {
@@ -363,7 +309,7 @@ fn reduce(x: &Tensor, kind: Reduce, axes: &[usize], keepdim: bool) -> Tensor {
                 let m = run.iter().sum::<f64>() / n;
                 run.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / n
             }
-            Reduce::LogSumExp => log_sum_exp(run.iter().copied()),
+            Reduce::LogSumExp => library::log_sum_exp(run.iter().copied()),
         });
     }
     let shape: Vec<usize> = (0..x.rank())
@@ -382,7 +328,7 @@ fn softmax(x: &Tensor, axis: usize, log: bool) -> Tensor {
     for o in 0..outer {
         for i in 0..inner {
             let at = |k: usize| o * len * inner + k * inner + i;
-            let lse = log_sum_exp((0..len).map(|k| x.data[at(k)]));
+            let lse = library::log_sum_exp((0..len).map(|k| x.data[at(k)]));
             for k in 0..len {
                 let l = x.data[at(k)] - lse;
                 out.data[at(k)] = if log { l } else { l.exp() };
@@ -422,38 +368,6 @@ fn index(v: f64, len: usize, what: &str) -> Result<usize, RunError> {
     Ok(v as usize)
 }
 
-/// The route of `moe_route`: combine weights `[N, E, C]` from logits `[N, E]`.
-/// Softmax over all experts; each token's top `k` (ties to the lower index),
-/// renormalised over the k; then slots are given in GShard order (every token's first
-/// choice in token order, then every second choice, ...), and an assignment past an
-/// expert's `C` slots is dropped (weight 0: the residual carries the token).
-fn moe_route(logits: &Tensor, k: i64, capacity: usize) -> Result<Tensor, RunError> {
-    let (n, e) = (logits.shape[0], logits.shape[1]);
-    let k = count_within("moe_route", "k", k, e)?;
-    let probs = softmax(logits, 1, false);
-    let mut choices = vec![Vec::new(); n];
-    for (t, c) in choices.iter_mut().enumerate() {
-        let row = &probs.data[t * e..(t + 1) * e];
-        let mut order: Vec<usize> = (0..e).collect();
-        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-        let top = &order[..k];
-        let total: f64 = top.iter().map(|&x| row[x]).sum();
-        *c = top.iter().map(|&x| (x, row[x] / total)).collect::<Vec<_>>();
-    }
-    let mut fill = vec![0usize; e];
-    let mut out = Tensor::zeros(vec![n, e, capacity]);
-    for rank in 0..k {
-        for (t, c) in choices.iter().enumerate() {
-            let (x, w) = c[rank];
-            if fill[x] < capacity {
-                out.data[(t * e + x) * capacity + fill[x]] = w;
-                fill[x] += 1;
-            }
-        }
-    }
-    Ok(out)
-}
-
 fn eval(
     op: &Op,
     args: &[&Tensor],
@@ -471,49 +385,11 @@ fn eval(
             let n = dim(n)?;
             Tensor::new(vec![n], (0..n).map(|i| i as f64).collect())
         }
-        Op::Unary(u) => {
-            let f: fn(f64) -> f64 = match u {
-                Unary::Neg => |x| -x,
-                Unary::Exp => f64::exp,
-                Unary::Log => f64::ln,
-                Unary::Sqrt => f64::sqrt,
-                Unary::Rsqrt => |x| 1.0 / x.sqrt(),
-                Unary::Tanh => f64::tanh,
-                Unary::Erf => libm::erf,
-                Unary::Sigmoid => sigmoid,
-                Unary::Sin => f64::sin,
-                Unary::Cos => f64::cos,
-                Unary::Abs => f64::abs,
-                Unary::Relu => |x| x.max(0.0),
-                Unary::Gelu => gelu,
-                Unary::GeluTanh => gelu_tanh,
-                Unary::Silu => |x| x * sigmoid(x),
-                Unary::Not => |x| if x == 0.0 { 1.0 } else { 0.0 },
-            };
-            map(args[0], f)
-        }
+        Op::Unary(u) => map(args[0], |x| library::unary(*u, x)),
         Op::Binary(b) => {
-            let truth = |c: bool| if c { 1.0 } else { 0.0 };
-            match b {
-                Binary::Add => zip(args[0], args[1], |a, b| a + b),
-                Binary::Sub => zip(args[0], args[1], |a, b| a - b),
-                Binary::Mul => zip(args[0], args[1], |a, b| a * b),
-                // Integer tensors divide like integers (floor), as compile-time `/` does.
-                Binary::Div if matches!(dtype, DType::I32 | DType::I64) => zip(args[0], args[1], floor_div),
-                Binary::Div => zip(args[0], args[1], |a, b| a / b),
-                Binary::Rem => zip(args[0], args[1], |a, b| a - b * floor_div(a, b)),
-                Binary::Pow => zip(args[0], args[1], f64::powf),
-                Binary::Min => zip(args[0], args[1], f64::min),
-                Binary::Max => zip(args[0], args[1], f64::max),
-                Binary::Eq => zip(args[0], args[1], move |a, b| truth(a == b)),
-                Binary::Ne => zip(args[0], args[1], move |a, b| truth(a != b)),
-                Binary::Lt => zip(args[0], args[1], move |a, b| truth(a < b)),
-                Binary::Le => zip(args[0], args[1], move |a, b| truth(a <= b)),
-                Binary::Gt => zip(args[0], args[1], move |a, b| truth(a > b)),
-                Binary::Ge => zip(args[0], args[1], move |a, b| truth(a >= b)),
-                Binary::And => zip(args[0], args[1], move |a, b| truth(a != 0.0 && b != 0.0)),
-                Binary::Or => zip(args[0], args[1], move |a, b| truth(a != 0.0 || b != 0.0)),
-            }
+            // Integer tensors divide like integers (floor), as compile-time `/` does.
+            let integer = matches!(dtype, DType::I32 | DType::I64);
+            zip(args[0], args[1], |x, y| library::binary(*b, x, y, integer))
         }
         Op::Where => {
             let shape = broadcast_shape(&args[0].shape, &broadcast_shape(&args[1].shape, &args[2].shape));
@@ -523,25 +399,19 @@ fn eval(
             Tensor::new(shape, data)
         }
         Op::Softcap { cap } => map(args[0], |x| cap * (x / cap).tanh()),
-        Op::Cast { to } => match to {
-            DType::I32 | DType::I64 => map(args[0], f64::trunc),
-            DType::Bool => map(args[0], |x| if x != 0.0 { 1.0 } else { 0.0 }),
-            DType::F64 | DType::F32 | DType::F16 | DType::BF16 => {
-                let mut t = args[0].clone();
-                round_to(&mut t, *to);
-                t
-            }
-        },
+        Op::Cast { to } => map(args[0], |x| library::cast(x, *to)),
         Op::Dropout { p, key } => {
             if !options.training || *p == 0.0 {
                 args[0].clone()
             } else {
                 // The mask depends only on (seed, key): the backward's dropout, which has
-                // the same key, zeroes the same elements.
-                let mut mask = SplitMix(options.seed ^ key.wrapping_mul(0xA076_1D64_78BD_642F));
+                // the same key, zeroes the same elements. Element i takes draw i.
+                let stream = library::dropout_stream(options.seed, *key);
                 let keep = 1.0 - p;
                 let mut t = args[0].clone();
-                t.data.iter_mut().for_each(|x| *x = if mask.uniform() < *p { 0.0 } else { *x / keep });
+                for (i, x) in t.data.iter_mut().enumerate() {
+                    *x = if library::uniform(stream, i as u64) < *p { 0.0 } else { *x / keep };
+                }
                 t
             }
         }
@@ -549,8 +419,10 @@ fn eval(
             let mut t = args[0].clone();
             if options.training && *std > 0.0 {
                 // Like dropout's mask, a function of (seed, key) only.
-                let mut draw = SplitMix(options.seed ^ key.wrapping_mul(0xE703_7ED1_A0B4_28DB) ^ 0x006E_6F69_7365);
-                t.data.iter_mut().for_each(|x| *x += std * draw.normal());
+                let stream = library::noise_stream(options.seed, *key);
+                for (i, x) in t.data.iter_mut().enumerate() {
+                    *x += std * library::normal(stream, i as u64);
+                }
             }
             t
         }
@@ -564,7 +436,20 @@ fn eval(
             if hkv == 0 || h % hkv != 0 {
                 return Err(RunError(format!("`attention` needs H % Hkv == 0, found H = {h}, Hkv = {hkv}")));
             }
-            attention(args, *causal, *window, *softcap, *scale, *has_bias)
+            let (q, k, v) = (args[0], args[1], args[2]);
+            let (b, t, hd) = (q.shape[0], q.shape[2], q.shape[3]);
+            let (s, dv) = (k.shape[2], v.shape[3]);
+            let bias = has_bias.then(|| broadcast_to(args[3], &[b, h, t, s]));
+            let data = library::attention(
+                (&q.data, &k.data, &v.data, bias.as_ref().map(|x| x.data.as_slice())),
+                (b, h, t, hd),
+                (hkv, s, dv),
+                *causal,
+                *window,
+                *softcap,
+                *scale,
+            );
+            Tensor::new(vec![b, h, t, dv], data)
         }
         Op::Reshape { shape } => Tensor::new(shape.iter().map(dim).collect::<Result<_, _>>()?, args[0].data.clone()),
         Op::Transpose { perm } => transpose(args[0], perm),
@@ -651,17 +536,11 @@ fn eval(
             let x = args[0];
             let n = *x.shape.last().unwrap_or(&1);
             let k = count_within("topk", "k", *k, n)?;
-            let mut data = Vec::with_capacity(x.numel() / n.max(1) * k);
-            for row in x.data.chunks(n.max(1)) {
-                let mut order: Vec<usize> = (0..n).collect();
-                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-                data.extend(order[..k].iter().map(|&i| if *indices { i as f64 } else { row[i] }));
-            }
             let mut shape = x.shape.clone();
             if let Some(last) = shape.last_mut() {
                 *last = k;
             }
-            Tensor::new(shape, data)
+            Tensor::new(shape, library::topk(&x.data, n, k, *indices))
         }
         Op::OneHot { n } => {
             let n = count_within("one_hot", "n", *n, usize::MAX)?;
@@ -674,16 +553,8 @@ fn eval(
             Tensor::new(shape, data)
         }
         Op::Cumsum { axis } => {
-            let (outer, len, inner) = around(&args[0].shape, *axis);
             let mut t = args[0].clone();
-            for o in 0..outer {
-                for i in 0..inner {
-                    for k in 1..len {
-                        let at = o * len * inner + k * inner + i;
-                        t.data[at] += t.data[at - inner];
-                    }
-                }
-            }
+            library::cumsum(&mut t.data, around(&args[0].shape, *axis));
             t
         }
         Op::CrossEntropy { ignore } => {
@@ -698,181 +569,53 @@ fn eval(
                     continue;
                 }
                 let t = index(t, v, "cross_entropy target")?;
-                total += log_sum_exp(row.iter().copied()) - row[t];
+                total += library::log_sum_exp(row.iter().copied()) - row[t];
                 count += 1;
             }
             Tensor::scalar(if count == 0 { 0.0 } else { total / count as f64 })
         }
-        Op::Lstm { reverse } => lstm(args, *reverse),
-        Op::MoeRoute { k, capacity } => moe_route(args[0], *k, dim(capacity)?)?,
+        Op::Lstm { reverse } => {
+            let (x, w_hh) = (args[0], args[2]);
+            let (b, t, d, h) = (x.shape[0], x.shape[1], x.shape[2], w_hh.shape[0]);
+            let data = library::lstm((&x.data, &args[1].data, &w_hh.data, &args[3].data), (b, t, d, h), *reverse);
+            Tensor::new(vec![b, t, h], data)
+        }
+        Op::MoeRoute { k, capacity } => {
+            let logits = args[0];
+            let (n, e) = (logits.shape[0], logits.shape[1]);
+            let k = count_within("moe_route", "k", *k, e)?;
+            let c = dim(capacity)?;
+            Tensor::new(vec![n, e, c], library::moe_route(&logits.data, (n, e), k, c))
+        }
         Op::MoeDispatch => {
             let (route, x) = (args[0], args[1]);
             let (n, e, c, d) = (route.shape[0], route.shape[1], route.shape[2], x.shape[1]);
-            let mut out = Tensor::zeros(vec![e, c, d]);
-            for t in 0..n {
-                for slot in 0..e * c {
-                    if route.data[t * e * c + slot] != 0.0 {
-                        out.data[slot * d..(slot + 1) * d].copy_from_slice(&x.data[t * d..(t + 1) * d]);
-                    }
-                }
-            }
-            out
+            Tensor::new(vec![e, c, d], library::moe_dispatch(&route.data, &x.data, (n, e, c, d)))
         }
         Op::MoeCombine => {
             let (route, y) = (args[0], args[1]);
             let (n, e, c, d) = (route.shape[0], route.shape[1], route.shape[2], y.shape[2]);
-            let mut out = Tensor::zeros(vec![n, d]);
-            for t in 0..n {
-                for slot in 0..e * c {
-                    let w = route.data[t * e * c + slot];
-                    if w != 0.0 {
-                        for j in 0..d {
-                            out.data[t * d + j] += w * y.data[slot * d + j];
-                        }
-                    }
-                }
-            }
-            out
+            Tensor::new(vec![n, d], library::moe_combine(&route.data, &y.data, (n, e, c, d)))
         }
         Op::MoeBalance { k } => {
-            // E · Σ f_i P_i: f_i the share of the top-k choices that went to expert i
-            // (before capacity), P_i the mean router probability of i.
             let logits = args[0];
             let (n, e) = (logits.shape[0], logits.shape[1]);
             let k = count_within("moe_balance", "k", *k, e)?;
-            let probs = softmax(logits, 1, false);
-            let mut f = vec![0.0; e];
-            let mut p = vec![0.0; e];
-            for t in 0..n {
-                let row = &probs.data[t * e..(t + 1) * e];
-                let mut order: Vec<usize> = (0..e).collect();
-                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-                for &x in &order[..k] {
-                    f[x] += 1.0 / (n as f64 * k as f64);
-                }
-                for x in 0..e {
-                    p[x] += row[x] / n as f64;
-                }
-            }
-            Tensor::scalar(e as f64 * f.iter().zip(&p).map(|(a, b)| a * b).sum::<f64>())
+            Tensor::scalar(library::moe_balance(&logits.data, (n, e), k))
         }
         Op::MoeZLoss => {
             let logits = args[0];
-            let e = logits.shape[1];
+            let (n, e) = (logits.shape[0], logits.shape[1]);
             if e == 0 {
                 return Err(RunError("`moe_zloss` over no experts".into()));
             }
-            let n = logits.shape[0].max(1);
-            Tensor::scalar(
-                logits.data.chunks(e).map(|row| log_sum_exp(row.iter().copied()).powi(2)).sum::<f64>() / n as f64,
-            )
+            Tensor::scalar(library::moe_zloss(&logits.data, (n, e)))
         }
         Op::MoeLoad { k } => {
             let route = args[0];
             let (n, e, c) = (route.shape[0], route.shape[1], route.shape[2]);
-            let mut load = vec![0.0; e];
-            for t in 0..n {
-                for (x, l) in load.iter_mut().enumerate() {
-                    let kept = (0..c).filter(|&s| route.data[(t * e + x) * c + s] != 0.0).count();
-                    *l += kept as f64 / (n as f64 * *k as f64).max(1.0);
-                }
-            }
-            Tensor::new(vec![e], load)
+            Tensor::new(vec![e], library::moe_load(&route.data, (n, e, c), *k))
         }
-        Op::MoeOverflow { k } => {
-            let route = args[1];
-            let n = route.shape[0];
-            let kept = route.data.iter().filter(|&&w| w != 0.0).count();
-            Tensor::scalar(1.0 - kept as f64 / (n as f64 * *k as f64).max(1.0))
-        }
+        Op::MoeOverflow { k } => Tensor::scalar(library::moe_overflow(&args[1].data, args[1].shape[0], *k)),
     })
-}
-
-/// `softmax(mask(q kᵀ · scale), softcapped, + bias) v`, with K/V heads shared by groups
-/// of query heads (GQA). Causal and window masks align the last query with the last key
-/// (so they also hold when keys include a cache). A row with every key masked gives 0.
-fn attention(
-    args: &[&Tensor],
-    causal: bool,
-    window: Option<i64>,
-    softcap: Option<f64>,
-    scale: f64,
-    has_bias: bool,
-) -> Tensor {
-    let (q, k, v) = (args[0], args[1], args[2]);
-    let (b, h, t, hd) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
-    let (hkv, s, dv) = (k.shape[1], k.shape[2], v.shape[3]);
-    let group = h / hkv.max(1);
-    let bias = has_bias.then(|| broadcast_to(args[3], &[b, h, t, s]));
-    let mut out = Tensor::zeros(vec![b, h, t, dv]);
-    let mut logits = vec![0.0; s];
-    for bi in 0..b {
-        for hi in 0..h {
-            let kh = hi / group.max(1);
-            for ti in 0..t {
-                let qrow = &q.data[((bi * h + hi) * t + ti) * hd..][..hd];
-                let last = ti + s - t.min(s);
-                for (si, l) in logits.iter_mut().enumerate() {
-                    let krow = &k.data[((bi * hkv + kh) * s + si) * hd..][..hd];
-                    let mut x = qrow.iter().zip(krow).map(|(a, c)| a * c).sum::<f64>() * scale;
-                    if let Some(cap) = softcap {
-                        x = cap * (x / cap).tanh();
-                    }
-                    if let Some(bias) = &bias {
-                        x += bias.data[((bi * h + hi) * t + ti) * s + si];
-                    }
-                    let masked = (causal && si > last) || window.is_some_and(|w| si as i64 <= last as i64 - w);
-                    *l = if masked { f64::NEG_INFINITY } else { x };
-                }
-                let lse = log_sum_exp(logits.iter().copied());
-                if lse == f64::NEG_INFINITY {
-                    continue;
-                }
-                let orow = ((bi * h + hi) * t + ti) * dv;
-                for (si, l) in logits.iter().enumerate() {
-                    let w = (l - lse).exp();
-                    if w == 0.0 {
-                        continue;
-                    }
-                    let vrow = &v.data[((bi * hkv + kh) * s + si) * dv..][..dv];
-                    for (o, vv) in out.data[orow..orow + dv].iter_mut().zip(vrow) {
-                        *o += w * vv;
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// One LSTM direction: gates `i, f, g, o` from `x w_ih + h w_hh + bias`, zero initial state.
-fn lstm(args: &[&Tensor], reverse: bool) -> Tensor {
-    let (x, w_ih, w_hh, bias) = (args[0], args[1], args[2], args[3]);
-    let (b, t, d) = (x.shape[0], x.shape[1], x.shape[2]);
-    let hsz = w_hh.shape[0];
-    let mut out = Tensor::zeros(vec![b, t, hsz]);
-    for bi in 0..b {
-        let (mut h, mut c) = (vec![0.0; hsz], vec![0.0; hsz]);
-        let steps: Vec<usize> = if reverse { (0..t).rev().collect() } else { (0..t).collect() };
-        for ti in steps {
-            let xrow = &x.data[(bi * t + ti) * d..][..d];
-            let mut gates = bias.data.clone();
-            for (gi, g) in gates.iter_mut().enumerate() {
-                *g += xrow.iter().enumerate().map(|(j, xv)| xv * w_ih.data[j * 4 * hsz + gi]).sum::<f64>();
-                *g += h.iter().enumerate().map(|(j, hv)| hv * w_hh.data[j * 4 * hsz + gi]).sum::<f64>();
-            }
-            for j in 0..hsz {
-                let (i, f, g, o) = (
-                    sigmoid(gates[j]),
-                    sigmoid(gates[hsz + j]),
-                    gates[2 * hsz + j].tanh(),
-                    sigmoid(gates[3 * hsz + j]),
-                );
-                c[j] = f * c[j] + i * g;
-                h[j] = o * c[j].tanh();
-            }
-            out.data[(bi * t + ti) * hsz..][..hsz].copy_from_slice(&h);
-        }
-    }
-    out
 }

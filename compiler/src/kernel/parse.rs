@@ -1,0 +1,1 @@
+//! Kernel IR text → `KernelProgram` (written below).
