@@ -49,6 +49,8 @@ impl Model {
             return Err(format!("generation needs logits `[B, T, vocab]`; the model returns {logits}"));
         }
         let (step, slots) = kv_cache::decode_step(&full)?;
+        // The decode step is a new graph: fused like every other program.
+        let step = modelc_compiler::passes::fusion::run(step)?;
         let decode = Program {
             name: "decode".into(),
             returns: step.outputs.iter().enumerate().map(|(i, v)| (format!("out{i}"), *v)).collect(),

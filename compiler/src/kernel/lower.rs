@@ -36,6 +36,22 @@ pub fn fits_one_nest(graph: &Graph, nodes: &[usize], outside: &dyn Fn(usize) -> 
     nest_of(graph, &members, &buffers, &outputs, &|_| BufId(0)).map(|_| ())
 }
 
+/// Whether `nodes` (a group holding the `matmul` node `m`) lower to one GEMM: the
+/// operands' movement folded into strided views, the rest an elementwise epilogue.
+pub fn fits_gemm(graph: &Graph, m: usize, nodes: &[usize], outside: &dyn Fn(usize) -> bool) -> Result<(), String> {
+    let members: HashSet<usize> = nodes.iter().copied().collect();
+    // A buffer of its own for each value read from outside, so operands keep their shapes.
+    let mut buffers = HashMap::new();
+    for &n in nodes {
+        for a in &graph.nodes[n].args {
+            buffers.insert(a.0 as usize, BufId(a.0));
+        }
+        buffers.insert(n, BufId(n as u32));
+    }
+    let outputs: Vec<usize> = nodes.iter().copied().filter(|&n| outside(n)).collect();
+    gemm::lower(graph, m, &members, &buffers, &outputs).map(|_| ())
+}
+
 /// A kernel's unit: a fusion group, or one node in none.
 struct Unit {
     parts: Vec<Vec<usize>>,

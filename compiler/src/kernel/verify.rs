@@ -39,6 +39,8 @@ pub fn verify(p: &KernelProgram) -> Result<(), VerifyError> {
         match &k.body {
             KernelBody::Loops(nests) => {
                 for n in nests {
+                    // Temps and loop variables are each nest's own.
+                    defined.clear();
                     let mut scope = Scope { temps: HashSet::new(), vars: HashSet::new() };
                     for (v, _) in &n.parallel {
                         if !scope.vars.insert(*v) {
@@ -83,9 +85,12 @@ pub fn verify(p: &KernelProgram) -> Result<(), VerifyError> {
                     Routine::Attention { has_bias, .. } => 3 + usize::from(*has_bias),
                     Routine::ScatterAdd { .. } => 3,
                     Routine::TopK { .. } | Routine::Cumsum { .. } | Routine::MoeRoute { .. } => 1,
-                    Routine::MoeZLoss | Routine::MoeBalance { .. } | Routine::MoeLoad { .. } => 1,
+                    Routine::MoeZLoss | Routine::MoeLoad { .. } => 1,
                     Routine::Lstm { .. } => 4,
-                    Routine::MoeDispatch | Routine::MoeCombine | Routine::MoeOverflow { .. } => 2,
+                    Routine::MoeDispatch
+                    | Routine::MoeCombine
+                    | Routine::MoeBalance { .. }
+                    | Routine::MoeOverflow { .. } => 2,
                 };
                 if args.len() != want {
                     return Err(bad(format!("`{}` takes {want} operands, given {}", routine.name(), args.len())));

@@ -9,6 +9,7 @@
 
 pub mod cse;
 pub mod dce;
+pub mod fusion;
 pub mod kv_cache;
 pub mod precision;
 pub mod simplify;
@@ -25,7 +26,8 @@ pub struct Pass {
 }
 
 /// The pipeline, in order. Simplification first (it turns chains into shared values),
-/// then CSE (which leaves the duplicates it merged unread), then DCE.
+/// then CSE (which leaves the duplicates it merged unread), then DCE, then fusion (which
+/// changes no node, only groups them).
 pub const PASSES: &[Pass] = &[
     Pass {
         name: "simplify",
@@ -43,6 +45,11 @@ pub const PASSES: &[Pass] = &[
         description: "dead code: nodes no output, loss, metric, gradient or update reads (inputs are kept)",
         run: dce::run,
     },
+    Pass {
+        name: "fusion",
+        description: "fusion groups: the nodes that run as one kernel (elementwise chains, reductions with their producers and row-wise consumers, GEMM epilogues, the optimizer's updates)",
+        run: fusion::run,
+    },
 ];
 
 /// The pass called `name`.
@@ -58,6 +65,8 @@ pub fn pipeline(graph: Graph) -> Result<Graph, String> {
 
 /// `pipeline`, showing `after` the graph after each pass (`--print-after-all`).
 pub fn pipeline_observed(mut graph: Graph, after: &mut dyn FnMut(&Pass, &Graph)) -> Result<Graph, String> {
+    // Groups name nodes by position, which the passes move: fusion makes them anew.
+    graph.groups.clear();
     if cfg!(debug_assertions) {
         verify(&graph).map_err(|e| format!("the graph entering the pass pipeline is malformed: {e}"))?;
     }

@@ -40,13 +40,17 @@ pub fn lower(
     if epi.has_reductions() {
         return Err("a reduction in a GEMM's epilogue".into());
     }
-    let mut body = epi.finish()?.body;
-    // The product's placeholder is defined by the GEMM itself.
-    body.retain(|s| !matches!(s, Stmt::Let { temp, .. } if *temp == acc));
-    let epilogue = match body.as_slice() {
-        [Stmt::For { body, .. }] => body.clone(),
-        _ => body,
-    };
+    let body = epi.finish()?.body;
+    // Run per output element: the loop over the output is the GEMM's own, and the
+    // product's placeholder is defined by the GEMM itself.
+    let mut epilogue: Vec<Stmt> = body
+        .into_iter()
+        .flat_map(|s| match s {
+            Stmt::For { body, .. } => body,
+            other => vec![other],
+        })
+        .collect();
+    epilogue.retain(|s| !matches!(s, Stmt::Let { temp, .. } if *temp == acc));
     // Operands: each a single load at an index affine in (batch.., rows, cols); the
     // contraction variable is one no nest of this kernel uses.
     let p = Var(u32::MAX);

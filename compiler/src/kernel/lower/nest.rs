@@ -47,6 +47,8 @@ pub struct Nest<'a> {
     /// loads there give 0 instead of failing, and checks and reductions are refused.
     guarded: u32,
     anchor_vars: Vec<Option<Var>>,
+    /// A GEMM's product in its epilogue: a value that varies with every anchor dim.
+    acc: Option<Temp>,
 }
 
 type DTypeKey = &'static str;
@@ -69,6 +71,7 @@ impl<'a> Nest<'a> {
             vars: Vec::new(),
             guarded: 0,
             anchor_vars: Vec::new(),
+            acc: None,
         }
     }
 
@@ -78,6 +81,7 @@ impl<'a> Nest<'a> {
         assert!(self.items.is_empty(), "the accumulator is the first temp");
         let t = self.let_(self.g.nodes[n].ty.dtype, Expr::Const(f64::NAN));
         self.memo.insert((n, idx), t);
+        self.acc = Some(t);
         t
     }
 
@@ -559,6 +563,9 @@ impl<'a> Nest<'a> {
                 for v in over {
                     set.remove(&v.0);
                 }
+            }
+            if Some(Temp(reads.len() as u32)) == self.acc {
+                set.extend(self.anchor_vars.iter().flatten().map(|v| v.0));
             }
             reads.push(set);
         }

@@ -1,0 +1,239 @@
+//! Graph IR → the same graph with fusion groups: which nodes run together as one kernel.
+//! Nodes are visited from the last to the first; a node joins the group of its consumers
+//! when they are all in one group and the group still lowers to one kernel with it
+//! (asked of the Kernel IR lowering, which knows how each op reads its arguments). So
+//! elementwise chains fuse, a reduction fuses with its producers and with the consumers
+//! that read it per row (norm statistics and normalisation, softmax, log-softmax with the
+//! loss), a `matmul` takes its elementwise consumers as an epilogue (bias, activation,
+//! residual, scale) and its operands' movement as strides, and the backward's matching
+//! patterns fuse the same way. Then the optimizer's per-parameter updates, which read
+//! only parameters, state and scalars, become one horizontal group: the whole update in
+//! one kernel. A node stays out of its consumers' group when they are in several groups
+//! (its value is stored and read by each), when it is a library call, or when the
+//! lowering refuses; `MODELC_DEBUG=3` prints one line per group with why it stopped.
+//! Decisions depend only on the graph: deterministic.
+
+use crate::graph::op::Op;
+use crate::graph::{Graph, Group, ValueId};
+use crate::kernel::lower::{fits_gemm, fits_one_nest, is_library};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Loop,
+    /// Holds a `matmul` (the node).
+    Gemm(usize),
+    /// A library routine, alone.
+    Routine,
+}
+
+struct Building {
+    nodes: Vec<usize>,
+    kind: Kind,
+    /// Why producers stayed out, counted.
+    stops: BTreeMap<String, usize>,
+}
+
+pub fn run(mut graph: Graph) -> Result<Graph, String> {
+    let n = graph.nodes.len();
+    let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        for a in &node.args {
+            if !consumers[a.0 as usize].contains(&i) {
+                consumers[a.0 as usize].push(i);
+            }
+        }
+    }
+    let mut external = vec![false; n];
+    let named = graph.grads.iter().chain(&graph.updates).chain(&graph.metrics).chain(&graph.aux_losses);
+    for v in graph.outputs.iter().chain(named.map(|(_, v)| v)) {
+        external[v.0 as usize] = true;
+    }
+    let mut group_of: Vec<Option<usize>> = vec![None; n];
+    let mut groups: Vec<Building> = Vec::new();
+    for i in (0..n).rev() {
+        let op = &graph.nodes[i].op;
+        if op.is_leaf() {
+            continue;
+        }
+        let target = absorbing_group(i, &consumers, &group_of, &external, &groups);
+        let joined = match target {
+            Ok(g) => {
+                let mut trial = groups[g].nodes.clone();
+                trial.push(i);
+                trial.sort_unstable();
+                let outside = |m: usize| external[m] || consumers[m].iter().any(|c| group_of[*c] != Some(g) && *c != i);
+                let kind = match (groups[g].kind, op) {
+                    (Kind::Routine, _) => Err("its consumer is a library routine".to_string()),
+                    (Kind::Loop, Op::MatMul) => fits_gemm(&graph, i, &trial, &outside).map(|_| Kind::Gemm(i)),
+                    (Kind::Loop, _) if is_library(op) => Err(format!("`{}` is a library call", op.name())),
+                    (Kind::Loop, _) => fits_one_nest(&graph, &trial, &outside).map(|_| Kind::Loop),
+                    (Kind::Gemm(_), Op::MatMul) => Err("its consumer's kernel already holds a GEMM".to_string()),
+                    (Kind::Gemm(_), _) if is_library(op) => Err(format!("`{}` is a library call", op.name())),
+                    (Kind::Gemm(m), _) => fits_gemm(&graph, m, &trial, &outside).map(|_| Kind::Gemm(m)),
+                };
+                match kind {
+                    Ok(kind) => {
+                        groups[g].nodes.push(i);
+                        groups[g].kind = kind;
+                        group_of[i] = Some(g);
+                        true
+                    }
+                    Err(why) => {
+                        *groups[g].stops.entry(format!("%{i} {}: {why}", op.name())).or_insert(0) += 1;
+                        false
+                    }
+                }
+            }
+            Err(why) => {
+                for c in &consumers[i] {
+                    if let Some(g) = group_of[*c] {
+                        *groups[g].stops.entry(format!("%{i} {}: {why}", op.name())).or_insert(0) += 1;
+                    }
+                }
+                false
+            }
+        };
+        if !joined {
+            let kind = if matches!(op, Op::MatMul) {
+                Kind::Gemm(i)
+            } else if is_library(op) {
+                Kind::Routine
+            } else {
+                Kind::Loop
+            };
+            group_of[i] = Some(groups.len());
+            groups.push(Building { nodes: vec![i], kind, stops: BTreeMap::new() });
+        }
+    }
+    let horizontal = horizontal(&graph, &groups, &group_of, &consumers, &external);
+    graph.groups = Vec::new();
+    let mut parts_of_update: Vec<Vec<ValueId>> = Vec::new();
+    for (gi, g) in groups.iter().enumerate() {
+        let mut nodes = g.nodes.clone();
+        nodes.sort_unstable();
+        let part: Vec<ValueId> = nodes.iter().map(|&m| ValueId(m as u32)).collect();
+        if horizontal.contains(&gi) {
+            parts_of_update.push(part);
+        } else if part.len() > 1 {
+            graph.groups.push(Group { parts: vec![part] });
+        }
+    }
+    if parts_of_update.len() > 1 {
+        parts_of_update.sort();
+        graph.groups.push(Group { parts: parts_of_update });
+    } else if let Some(p) = parts_of_update.pop().filter(|p| p.len() > 1) {
+        graph.groups.push(Group { parts: vec![p] });
+    }
+    graph.groups.sort_by_key(|g| g.nodes().map(|v| v.0).min());
+    if debug_level() >= 3 {
+        explain(&graph, &groups, horizontal.len());
+    }
+    Ok(graph)
+}
+
+/// The group that holds every consumer of `i`, when there is one and `i` may join it.
+fn absorbing_group(
+    i: usize,
+    consumers: &[Vec<usize>],
+    group_of: &[Option<usize>],
+    external: &[bool],
+    groups: &[Building],
+) -> Result<usize, String> {
+    let cs = &consumers[i];
+    if cs.is_empty() {
+        return Err("nothing reads it inside the program".into());
+    }
+    let first = group_of[cs[0]].ok_or("its consumer has no group")?;
+    if cs.iter().any(|c| group_of[*c] != Some(first)) {
+        let kernels: std::collections::BTreeSet<usize> = cs.iter().filter_map(|c| group_of[*c]).collect();
+        return Err(format!("{} kernels read it, so it is stored", kernels.len()));
+    }
+    if external[i] && groups[first].kind != Kind::Loop {
+        return Err("the host reads it and its consumer is a library call".into());
+    }
+    Ok(first)
+}
+
+/// The groups that only compute what updates persistent buffers, from leaves and scalars:
+/// the optimizer's per-parameter updates, launched as one kernel.
+fn horizontal(
+    graph: &Graph,
+    groups: &[Building],
+    group_of: &[Option<usize>],
+    consumers: &[Vec<usize>],
+    external: &[bool],
+) -> Vec<usize> {
+    let updated: std::collections::HashSet<usize> = graph.updates.iter().map(|(_, v)| v.0 as usize).collect();
+    let reads_outputs = graph.outputs.iter().chain(graph.metrics.iter().map(|(_, v)| v)).map(|v| v.0 as usize);
+    let returned: std::collections::HashSet<usize> = reads_outputs.collect();
+    (0..groups.len())
+        .filter(|&gi| {
+            let g = &groups[gi];
+            if g.kind != Kind::Loop {
+                return false;
+            }
+            let mut stores_an_update = false;
+            for &m in &g.nodes {
+                let node = &graph.nodes[m];
+                if matches!(
+                    node.op,
+                    Op::Reduce { .. } | Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::CrossEntropy { .. }
+                ) {
+                    return false;
+                }
+                let read_elsewhere = consumers[m].iter().any(|c| group_of[*c] != Some(gi));
+                if read_elsewhere || returned.contains(&m) {
+                    return false;
+                }
+                if external[m] && !updated.contains(&m) {
+                    return false;
+                }
+                stores_an_update |= updated.contains(&m);
+                for a in &node.args {
+                    let a = a.0 as usize;
+                    let inside = group_of[a] == Some(gi);
+                    if !inside && !graph.nodes[a].op.is_leaf() && graph.nodes[a].ty.rank() > 0 {
+                        return false;
+                    }
+                }
+            }
+            stores_an_update
+        })
+        .collect()
+}
+
+/// `MODELC_DEBUG`, the level of detail of what the compiler says it does (3: fusion).
+pub fn debug_level() -> u32 {
+    std::env::var("MODELC_DEBUG").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn explain(graph: &Graph, groups: &[Building], horizontal: usize) {
+    for g in groups.iter().filter(|g| g.nodes.len() > 1 || !g.stops.is_empty()) {
+        let mut nodes = g.nodes.clone();
+        nodes.sort_unstable();
+        let mut ops: BTreeMap<String, usize> = BTreeMap::new();
+        for &m in &nodes {
+            *ops.entry(graph.nodes[m].op.name()).or_insert(0) += 1;
+        }
+        let what: Vec<String> = ops.iter().map(|(o, c)| if *c > 1 { format!("{c} {o}") } else { o.clone() }).collect();
+        let kind = match g.kind {
+            Kind::Loop => "loop nest",
+            Kind::Gemm(_) => "GEMM with epilogue",
+            Kind::Routine => "library routine",
+        };
+        let stops: Vec<String> =
+            g.stops.iter().map(|(why, c)| if *c > 1 { format!("{why} (x{c})") } else { why.clone() }).collect();
+        eprintln!(
+            "fusion: %{}..%{} ({} nodes, {kind}: {}) fused{}",
+            nodes[0],
+            nodes[nodes.len() - 1],
+            nodes.len(),
+            what.join(", "),
+            if stops.is_empty() { String::new() } else { format!("; stopped at {}", stops.join("; ")) }
+        );
+    }
+    if horizontal > 1 {
+        eprintln!("fusion: {horizontal} parameter updates launched as one kernel (they read only leaves and scalars)");
+    }
+}
