@@ -56,7 +56,7 @@ pub fn run(mut graph: Graph) -> Result<Graph, String> {
         if op.is_leaf() {
             continue;
         }
-        let target = absorbing_group(i, &consumers, &group_of, &external, &groups);
+        let target = absorbing_group(&graph, i, &consumers, &group_of, &external, &groups);
         let joined = match target {
             Ok(g) => {
                 let mut trial = groups[g].nodes.clone();
@@ -106,10 +106,11 @@ pub fn run(mut graph: Graph) -> Result<Graph, String> {
             groups.push(Building { nodes: vec![i], kind, stops: BTreeMap::new() });
         }
     }
+    merge_stored_edges(&graph, &mut groups, &mut group_of, &consumers, &external);
     let horizontal = horizontal(&graph, &groups, &group_of, &consumers, &external);
     graph.groups = Vec::new();
     let mut parts_of_update: Vec<Vec<ValueId>> = Vec::new();
-    for (gi, g) in groups.iter().enumerate() {
+    for (gi, g) in groups.iter().enumerate().filter(|(_, g)| !g.nodes.is_empty()) {
         let mut nodes = g.nodes.clone();
         nodes.sort_unstable();
         let part: Vec<ValueId> = nodes.iter().map(|&m| ValueId(m as u32)).collect();
@@ -132,8 +133,11 @@ pub fn run(mut graph: Graph) -> Result<Graph, String> {
     Ok(graph)
 }
 
-/// The group that holds every consumer of `i`, when there is one and `i` may join it.
+/// The group `i` may join: the one holding every consumer of `i`; or, when its consumers
+/// are in several groups, the one that runs first, with `i` stored there for the others
+/// (a forward value the backward saves), unless that one reads another of them (a cycle).
 fn absorbing_group(
+    graph: &Graph,
     i: usize,
     consumers: &[Vec<usize>],
     group_of: &[Option<usize>],
@@ -144,15 +148,125 @@ fn absorbing_group(
     if cs.is_empty() {
         return Err("nothing reads it inside the program".into());
     }
-    let first = group_of[cs[0]].ok_or("its consumer has no group")?;
-    if cs.iter().any(|c| group_of[*c] != Some(first)) {
-        let kernels: std::collections::BTreeSet<usize> = cs.iter().filter_map(|c| group_of[*c]).collect();
-        return Err(format!("{} kernels read it, so it is stored", kernels.len()));
-    }
-    if external[i] && groups[first].kind != Kind::Loop {
+    let mut kernels: Vec<usize> = cs.iter().filter_map(|c| group_of[*c]).collect();
+    kernels.sort_unstable();
+    kernels.dedup();
+    let first_node = |g: usize| groups[g].nodes.iter().copied().min().unwrap_or(usize::MAX);
+    let target = *kernels.iter().min_by_key(|&&g| first_node(g)).ok_or("its consumer has no group")?;
+    if external[i] && groups[target].kind != Kind::Loop {
         return Err("the host reads it and its consumer is a library call".into());
     }
-    Ok(first)
+    if kernels.len() > 1 {
+        if groups[target].kind == Kind::Routine {
+            return Err(format!("{} kernels read it, the first a library routine", kernels.len()));
+        }
+        // The others must not be needed before the target: no member of theirs may be an
+        // ancestor of the target's members (only nodes after `i` can be).
+        let others: std::collections::HashSet<usize> =
+            kernels.iter().filter(|&&g| g != target).flat_map(|&g| groups[g].nodes.iter().copied()).collect();
+        let mut stack: Vec<usize> = groups[target].nodes.clone();
+        let mut seen = std::collections::HashSet::new();
+        while let Some(m) = stack.pop() {
+            if m <= i || !seen.insert(m) {
+                continue;
+            }
+            if others.contains(&m) {
+                return Err(format!("{} kernels read it, and the first reads another", kernels.len()));
+            }
+            stack.extend(graph.nodes[m].args.iter().map(|a| a.0 as usize));
+        }
+    }
+    Ok(target)
+}
+
+/// Merges a group into a group that reads what it stores, when the two lower as one
+/// kernel and no third group has to run between them: siblings that the reverse walk
+/// split (a value stored for an update and read by the next computation), so the value
+/// stays in registers. Groups that became empty are left so, in place.
+fn merge_stored_edges(
+    graph: &Graph,
+    groups: &mut [Building],
+    group_of: &mut [Option<usize>],
+    consumers: &[Vec<usize>],
+    external: &[bool],
+) {
+    let mut failed: std::collections::HashSet<(usize, usize)> = std::collections::HashSet::new();
+    loop {
+        // The group graph: who reads whom.
+        let k = groups.len();
+        let mut succ: Vec<std::collections::BTreeSet<usize>> = vec![Default::default(); k];
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let Some(gi) = group_of[i] else { continue };
+            for a in &node.args {
+                if let Some(ga) = group_of[a.0 as usize] {
+                    if ga != gi {
+                        succ[ga].insert(gi);
+                    }
+                }
+            }
+        }
+        let mut merged = false;
+        'pairs: for a in 0..k {
+            if groups[a].nodes.is_empty() || groups[a].kind == Kind::Routine {
+                continue;
+            }
+            for &b in &succ[a] {
+                if failed.contains(&(a, b)) || groups[b].kind == Kind::Routine {
+                    continue;
+                }
+                // No third group on a path from `a` to `b`.
+                let mut stack: Vec<usize> = succ[a].iter().copied().filter(|&c| c != b).collect();
+                let mut seen = std::collections::HashSet::new();
+                let mut between = false;
+                while let Some(c) = stack.pop() {
+                    if !seen.insert(c) {
+                        continue;
+                    }
+                    if succ[c].contains(&b) {
+                        between = true;
+                        break;
+                    }
+                    stack.extend(succ[c].iter().copied().filter(|&d| d != b));
+                }
+                if between {
+                    failed.insert((a, b));
+                    continue;
+                }
+                let mut union: Vec<usize> = groups[a].nodes.iter().chain(&groups[b].nodes).copied().collect();
+                union.sort_unstable();
+                let inside = |m: usize| union.binary_search(&m).is_ok();
+                let outside = |m: usize| external[m] || consumers[m].iter().any(|c| !inside(*c));
+                let kind = match (groups[a].kind, groups[b].kind) {
+                    (Kind::Loop, Kind::Loop) => fits_one_nest(graph, &union, &outside).map(|_| Kind::Loop),
+                    (Kind::Gemm(m), Kind::Loop) | (Kind::Loop, Kind::Gemm(m)) => {
+                        fits_gemm(graph, m, &union, &outside).map(|_| Kind::Gemm(m))
+                    }
+                    _ => Err(String::new()),
+                };
+                match kind {
+                    Ok(kind) => {
+                        let moved = std::mem::take(&mut groups[a].nodes);
+                        for &m in &moved {
+                            group_of[m] = Some(b);
+                        }
+                        groups[b].nodes.extend(moved);
+                        groups[b].kind = kind;
+                        let stops = std::mem::take(&mut groups[a].stops);
+                        groups[b].stops.extend(stops);
+                        failed.retain(|&(x, y)| x != b && y != b);
+                        merged = true;
+                        break 'pairs;
+                    }
+                    Err(_) => {
+                        failed.insert((a, b));
+                    }
+                }
+            }
+        }
+        if !merged {
+            break;
+        }
+    }
 }
 
 /// The groups that only compute what updates persistent buffers, from leaves and scalars:
@@ -170,7 +284,7 @@ fn horizontal(
     (0..groups.len())
         .filter(|&gi| {
             let g = &groups[gi];
-            if g.kind != Kind::Loop {
+            if g.kind != Kind::Loop || g.nodes.is_empty() {
                 return false;
             }
             let mut stores_an_update = false;
@@ -209,7 +323,7 @@ pub fn debug_level() -> u32 {
 }
 
 fn explain(graph: &Graph, groups: &[Building], horizontal: usize) {
-    for g in groups.iter().filter(|g| g.nodes.len() > 1 || !g.stops.is_empty()) {
+    for g in groups.iter().filter(|g| g.nodes.len() > 1 || (!g.nodes.is_empty() && !g.stops.is_empty())) {
         let mut nodes = g.nodes.clone();
         nodes.sort_unstable();
         let mut ops: BTreeMap<String, usize> = BTreeMap::new();

@@ -13,6 +13,8 @@ use std::collections::HashMap;
 /// An index with every size a number.
 #[derive(Clone, Debug)]
 enum RIndex {
+    /// `coef · var + add`, the common case, without a tree to walk.
+    Affine(usize, i64, i64),
     Var(usize),
     Const(i64),
     Temp(usize),
@@ -211,7 +213,7 @@ impl<'a> Run<'a> {
     }
 
     fn resolve_index(&self, i: &Index) -> Result<RIndex, String> {
-        Ok(match i {
+        Ok(simplify(match i {
             Index::Var(v) => RIndex::Var(v.0 as usize),
             Index::Const(c) => RIndex::Const(*c),
             Index::Dim(d) => RIndex::Const(self.size(d)?),
@@ -220,7 +222,7 @@ impl<'a> Run<'a> {
             Index::Mul(x, d) => RIndex::Mul(Box::new(self.resolve_index(x)?), self.size(d)?),
             Index::Div(x, d) => RIndex::Div(Box::new(self.resolve_index(x)?), self.size(d)?.max(1)),
             Index::Rem(x, d) => RIndex::Rem(Box::new(self.resolve_index(x)?), self.size(d)?.max(1)),
-        })
+        }))
     }
 
     fn resolve_indices(&self, idx: &[Index]) -> Result<Vec<RIndex>, String> {
@@ -296,14 +298,13 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The element `index` names in `buf` (one index per dim: `verify` checked), or
+    /// `None` outside it.
     fn offset(&self, buf: usize, index: &[RIndex], env: &Env) -> Result<Option<usize>, String> {
         let (shape, strides) = (&self.shapes[buf], &self.strides[buf]);
-        if index.len() != shape.len() {
-            return Err(format!("{}: b{buf} takes {} indices, given {}", self.at, shape.len(), index.len()));
-        }
         let mut at = 0usize;
         for ((i, &n), &s) in index.iter().zip(shape).zip(strides) {
-            let v = env.index(i)?;
+            let v = env.index(i);
             if v < 0 || v as usize >= n {
                 return Ok(None);
             }
@@ -379,7 +380,7 @@ impl<'a> Run<'a> {
     }
 
     fn indices(&self, index: &[RIndex], env: &Env) -> Vec<i64> {
-        index.iter().map(|i| env.index(i).unwrap_or(i64::MIN)).collect()
+        index.iter().map(|i| env.index(i)).collect()
     }
 
     fn expr(&mut self, e: &RExpr, dtype: DType, env: &Env) -> Result<f64, String> {
@@ -403,7 +404,7 @@ impl<'a> Run<'a> {
                     )
                 })?,
             },
-            RExpr::Index(i) => env.index(i)? as f64,
+            RExpr::Index(i) => env.index(i) as f64,
             RExpr::Unary(u, x) => library::unary(*u, t(*x)),
             RExpr::Binary(b, x, y) => library::binary(*b, t(*x), t(*y), matches!(dtype, DType::I32 | DType::I64)),
             RExpr::Select(c, x, y) => {
@@ -415,7 +416,7 @@ impl<'a> Run<'a> {
             }
             RExpr::Cast(to, x) => library::cast(t(*x), *to),
             RExpr::Random { normal, stream, counter } => {
-                let c = env.index(counter)? as u64;
+                let c = env.index(counter) as u64;
                 let s = self.options.seed ^ stream;
                 if *normal {
                     library::normal(s, c)
@@ -463,14 +464,19 @@ impl<'a> Run<'a> {
                     a0 += i * abs[d];
                     b0 += i * bbs[d];
                 }
+                // Row by row, `p` outer and `j` inner: each product is still one sum in
+                // the order of `p`, and B's rows are read contiguously.
+                let mut row = vec![0.0; n];
                 for i in 0..m as i64 {
-                    for j in 0..n as i64 {
-                        let mut acc = 0.0;
-                        for p in 0..k as i64 {
-                            acc += ad[(a0 + i * ar + p * ac) as usize] * bd[(b0 + p * br + j * bc) as usize];
+                    row.iter_mut().for_each(|x| *x = 0.0);
+                    for p in 0..k as i64 {
+                        let x = ad[(a0 + i * ar + p * ac) as usize];
+                        let base = b0 + p * br;
+                        for (j, acc) in row.iter_mut().enumerate() {
+                            *acc += x * bd[(base + j as i64 * bc) as usize];
                         }
-                        products.push(self.round(acc, g.dtype));
                     }
+                    products.extend(row.iter().map(|&acc| self.round(acc, g.dtype)));
                 }
             }
         }
@@ -507,6 +513,26 @@ impl<'a> Run<'a> {
         })();
         self.counting_gemm = false;
         result
+    }
+}
+
+/// Folds a resolved index into `coef · var + add` where it has that form.
+fn simplify(i: RIndex) -> RIndex {
+    match i {
+        RIndex::Var(v) => RIndex::Affine(v, 1, 0),
+        RIndex::Mul(x, k) => match *x {
+            RIndex::Affine(v, c, a) => RIndex::Affine(v, c * k, a * k),
+            RIndex::Const(c) => RIndex::Const(c * k),
+            other => RIndex::Mul(Box::new(other), k),
+        },
+        RIndex::Add(a, b) => match (*a, *b) {
+            (RIndex::Affine(v, c, x), RIndex::Const(y)) | (RIndex::Const(y), RIndex::Affine(v, c, x)) => {
+                RIndex::Affine(v, c, x + y)
+            }
+            (RIndex::Const(x), RIndex::Const(y)) => RIndex::Const(x + y),
+            (a, b) => RIndex::Add(Box::new(a), Box::new(b)),
+        },
+        other => other,
     }
 }
 
@@ -550,15 +576,16 @@ impl Env {
         }
     }
 
-    fn index(&self, i: &RIndex) -> Result<i64, String> {
-        Ok(match i {
+    fn index(&self, i: &RIndex) -> i64 {
+        match i {
+            RIndex::Affine(v, c, a) => self.vars[*v] * c + a,
             RIndex::Var(v) => self.vars[*v],
             RIndex::Const(c) => *c,
             RIndex::Temp(t) => self.temps[*t] as i64,
-            RIndex::Add(a, b) => self.index(a)? + self.index(b)?,
-            RIndex::Mul(x, d) => self.index(x)? * d,
-            RIndex::Div(x, d) => self.index(x)?.div_euclid(*d),
-            RIndex::Rem(x, d) => self.index(x)?.rem_euclid(*d),
-        })
+            RIndex::Add(a, b) => self.index(a) + self.index(b),
+            RIndex::Mul(x, d) => self.index(x) * d,
+            RIndex::Div(x, d) => self.index(x).div_euclid(*d),
+            RIndex::Rem(x, d) => self.index(x).rem_euclid(*d),
+        }
     }
 }

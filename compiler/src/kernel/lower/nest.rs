@@ -49,6 +49,9 @@ pub struct Nest<'a> {
     anchor_vars: Vec<Option<Var>>,
     /// A GEMM's product in its epilogue: a value that varies with every anchor dim.
     acc: Option<Temp>,
+    /// The node each item computes part of (the innermost node being computed).
+    origin: Vec<usize>,
+    computing: Vec<usize>,
 }
 
 type DTypeKey = &'static str;
@@ -72,6 +75,8 @@ impl<'a> Nest<'a> {
             guarded: 0,
             anchor_vars: Vec::new(),
             acc: None,
+            origin: Vec::new(),
+            computing: Vec::new(),
         }
     }
 
@@ -126,6 +131,7 @@ impl<'a> Nest<'a> {
 
     fn push(&mut self, item: Item) -> Temp {
         self.items.push(item);
+        self.origin.push(self.computing.last().copied().unwrap_or(usize::MAX));
         Temp(self.items.len() as u32 - 1)
     }
 
@@ -163,7 +169,10 @@ impl<'a> Nest<'a> {
         if let Some(t) = self.memo.get(&(n, idx.clone())) {
             return Ok(*t);
         }
-        let t = self.compute(n, &idx)?;
+        self.computing.push(n);
+        let t = self.compute(n, &idx);
+        self.computing.pop();
+        let t = t?;
         self.memo.insert((n, idx), t);
         Ok(t)
     }
@@ -594,8 +603,21 @@ impl<'a> Nest<'a> {
             if reads[i].iter().any(|v| is_anchor(*v) && !parallel.contains(v)) {
                 return Err("a reduction is read at an index that varies inside its consumer's loop".into());
             }
-            if let Some(enclosing) = reads[i].iter().filter_map(|v| owner(*v)).min() {
-                parent[scope] = reduce_scope[&enclosing];
+            match reads[i].iter().filter_map(|v| owner(*v)).min() {
+                // Work is never multiplied: a reduction inside another one must be part of
+                // the same op (the row statistics of a loss), and one in the parallel body
+                // must be needed at every parallel point, not recomputed across some.
+                Some(enclosing) if self.origin[enclosing] != self.origin[i] => {
+                    return Err("it would recompute a reduction inside another reduction's loop".into())
+                }
+                Some(enclosing) => parent[scope] = reduce_scope[&enclosing],
+                None => {
+                    if let Some(v) = parallel.iter().find(|v| !reads[i].contains(v)) {
+                        return Err(format!(
+                            "it would recompute a reduction for every value of a parallel loop it does not depend on (i{v})"
+                        ));
+                    }
+                }
             }
         }
         let var_scope = |v: u32| -> usize {
