@@ -18,7 +18,10 @@ use std::collections::{HashMap, HashSet};
 /// Lowers a graph whose values `returns` the host reads back. Nodes in no fusion group
 /// lower one kernel each (what an unfused graph is).
 pub fn lower(graph: &Graph, returns: &[(String, ValueId)]) -> Result<KernelProgram, String> {
-    Lowering::new(graph, returns)?.run()
+    let mut program = Lowering::new(graph, returns)?.run()?;
+    super::memory_plan::in_place(&mut program);
+    super::verify::verify(&program).map_err(|e| format!("the lowered Kernel IR is malformed: {e}"))?;
+    Ok(program)
 }
 
 /// Whether `nodes` (one part of a group) lower to one loop nest, and if not, why: what

@@ -646,6 +646,22 @@ impl<'a> Nest<'a> {
                     return Err("a value would need loops that do not nest".into());
                 }
             }
+            // Each element is stored once: a store must read every loop it is inside of.
+            if let Item::Store { .. } = self.items[i] {
+                if scope >= 2 {
+                    return Err("an output would be stored inside a reduction's loop".into());
+                }
+                let enclosing = parallel.iter().copied().chain(if scope == 1 {
+                    self.anchor_vars.iter().flatten().map(|v| v.0).filter(|v| !parallel.contains(v)).collect()
+                } else {
+                    Vec::new()
+                });
+                if let Some(v) = enclosing.into_iter().find(|v| !read.contains(v)) {
+                    return Err(format!(
+                        "an output would be stored once per value of a loop it does not depend on (i{v})"
+                    ));
+                }
+            }
             scope_items[scope].push(i);
         }
         fn emit(
