@@ -232,10 +232,10 @@ fn reads_only_there(stmts: &[&Stmt], x: BufId, index: &[super::Index], old: BufI
     for s in stmts {
         match s {
             Stmt::Store { buf, .. } if *buf == x => stored = true,
-            Stmt::Let { value: Expr::Load { buf, index: at, .. }, .. } if *buf == old => {
-                if stored || at.as_slice() != index {
-                    return false;
-                }
+            Stmt::Let { value: Expr::Load { buf, index: at, .. }, .. }
+                if *buf == old && (stored || at.as_slice() != index) =>
+            {
+                return false;
             }
             _ => {}
         }
