@@ -49,12 +49,9 @@ fn mutated_tiny_recipes_check_run_and_train_without_panic() {
             case.edits,
             case.source
         );
-        let key = match result.unwrap_or(Reached::Check(-1)) {
-            Reached::Check(code) => format!("check {code}"),
-            Reached::Skipped(_) => "skipped (too big)".to_string(),
-            Reached::Train { run, train } => format!("train (run {run}, train {train})"),
-        };
-        *reached.borrow_mut().entry(key).or_default() += 1;
+        if let Ok(r) = result {
+            *reached.borrow_mut().entry(r.label()).or_default() += 1;
+        }
         Ok(())
     });
     if let Err(e) = outcome {
@@ -83,4 +80,25 @@ fn the_fuzz_seeds_check_run_and_train() {
         assert!(name.starts_with(case.example), "seed {name} mutates {}", case.example);
         assert_eq!(harness::exercise(&case, &CI), Reached::Train { run: 0, train: 0 }, "seed {name}: {:?}", case.edits);
     }
+}
+
+/// Replays a directory of fuzzer inputs (`MODELC_RUNTIME_FUZZ_DIR`, e.g. the corpus
+/// `fuzz/corpus/run_tiny`) through the harness in this build and tallies how far they get:
+/// `MODELC_RUNTIME_FUZZ_DIR=fuzz/corpus/run_tiny cargo test --test runtime_fuzz -- --ignored`.
+#[test]
+#[ignore]
+fn replay_a_directory_of_fuzz_inputs() {
+    let Some(dir) = std::env::var_os("MODELC_RUNTIME_FUZZ_DIR") else {
+        panic!("set MODELC_RUNTIME_FUZZ_DIR to a directory of run_tiny inputs");
+    };
+    let mut inputs: Vec<_> =
+        std::fs::read_dir(&dir).expect("reading the directory").flatten().map(|e| e.path()).collect();
+    inputs.sort();
+    let mut reached = BTreeMap::<String, u32>::new();
+    for path in &inputs {
+        let case = harness::mutate(&std::fs::read(path).expect("reading an input"));
+        eprintln!("replay {}: {} {:?}", path.display(), case.example, case.edits);
+        *reached.entry(harness::exercise(&case, &CI).label()).or_default() += 1;
+    }
+    eprintln!("{} inputs reached: {reached:?}", inputs.len());
 }

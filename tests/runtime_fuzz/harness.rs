@@ -437,6 +437,17 @@ pub enum Reached {
     Train { run: i32, train: i32 },
 }
 
+impl Reached {
+    /// How far, in words, for tallies: `check 1`, `skipped (too big)`, `train (run 0, train 1)`.
+    pub fn label(&self) -> String {
+        match self {
+            Reached::Check(code) => format!("check {code}"),
+            Reached::Skipped(_) => "skipped (too big)".to_string(),
+            Reached::Train { run, train } => format!("train (run {run}, train {train})"),
+        }
+    }
+}
+
 /// A fresh scratch directory under the system's temporary directory.
 fn scratch() -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
