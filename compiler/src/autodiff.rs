@@ -93,7 +93,11 @@ pub fn differentiate_params(
     if let Some(name) = recompute {
         if segment.iter().all(Option::is_none) {
             let mut blocks: Vec<&str> =
-                b.g.nodes.iter().flat_map(|n| n.scope.split('.')).filter(|p| p.parse::<u64>().is_err()).collect();
+                b.g.nodes
+                    .iter()
+                    .flat_map(|n| n.scope.split('.'))
+                    .filter(|p| !p.is_empty() && p.parse::<u64>().is_err())
+                    .collect();
             blocks.sort();
             blocks.dedup();
             return Err(format!(

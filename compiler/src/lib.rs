@@ -64,10 +64,47 @@ pub fn instantiate(program: &mut Program, target: &Target) -> Result<Instance, E
     let instance = Instantiator::new(program, &consts).instantiate(block, &args, site)?;
     // A recipe's `adapter` (LoRA, P-tuning) rewrites the tree before anything sees it.
     let recipe = target.recipe.as_deref().map(|r| recipe::parse(program, r)).transpose()?;
-    match recipe.and_then(|r| r.adapter.zip(r.adapter_at)) {
-        Some((adapter, span)) => adapters::apply(program, instance, &adapter, (root, span)),
-        None => Ok(instance),
+    let (adapter, recompute) = match recipe {
+        Some(r) => (r.adapter.zip(r.adapter_at), r.recompute.zip(r.recompute_at)),
+        None => (None, None),
+    };
+    let instance = match adapter {
+        Some((adapter, span)) => adapters::apply(program, instance, &adapter, (root, span))?,
+        None => instance,
+    };
+    if let Some((name, span)) = recompute {
+        recompute_names_a_sub_block(&instance, &name, (root, span))?;
     }
+    Ok(instance)
+}
+
+/// `recompute = NAME` makes each copy of every sub-block called `NAME`, at any depth, one
+/// recomputed segment (`autodiff::recompute_segment`): the model must have one, or the
+/// recipe is wrong (located here, for `check` and every command, not at autodiff).
+fn recompute_names_a_sub_block(instance: &Instance, name: &str, at: (FileId, Span)) -> Result<(), Error> {
+    fn names<'a>(instance: &'a Instance, out: &mut Vec<&'a str>) {
+        for m in &instance.members {
+            if let elab::instance::Member::Sub(s) = m {
+                out.push(&s.name);
+                names(&s.instance, out);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    names(instance, &mut found);
+    if found.contains(&name) {
+        return Ok(());
+    }
+    found.sort_unstable();
+    found.dedup();
+    let d = Diagnostic::error(format!("`recompute = {name}` names no sub-block of `{}`", instance.block_name), at.1)
+        .with_label("not a sub-block of the model");
+    let d = match suggest(name, found.iter().copied()) {
+        Some(s) => d.with_help(format!("did you mean `{s}`?")),
+        None if found.is_empty() => d.with_help("the model has no sub-blocks: remove `recompute`"),
+        None => d.with_help(format!("its sub-blocks: {}", found.join(", "))),
+    };
+    Err(Error::new(at.0, d))
 }
 
 /// Everything `modelc check` verifies: every model of the root file that can be built

@@ -172,6 +172,8 @@ pub struct Recipe {
     pub schedule: Vec<Phase>,
     pub precision: Precision,
     pub recompute: Option<String>,
+    /// Where `recompute` is written, for `instantiate`'s check that the model has it.
+    pub recompute_at: Option<Span>,
     pub accumulate: u64,
     pub clip: Option<f64>,
     pub steps: Option<u64>,
@@ -197,6 +199,7 @@ impl Recipe {
             schedule: Vec::new(),
             precision: Precision::F32,
             recompute: None,
+            recompute_at: None,
             accumulate: 1,
             clip: None,
             steps: None,
@@ -326,7 +329,10 @@ fn parse_entry<'a>(
         "optimizer" => out.optimizer = entries::optimizer(scope, value)?,
         "schedule" => out.schedule = entries::schedule(scope, value)?,
         "precision" => out.precision = entries::precision(scope, value)?,
-        "recompute" => out.recompute = Some(entries::word(scope, value, "recompute", "blocks")?),
+        "recompute" => {
+            out.recompute = Some(entries::word(scope, value, "recompute", "blocks")?);
+            out.recompute_at = Some(value.span);
+        }
         "accumulate" => out.accumulate = entries::count(scope, value, "accumulate", 1)?,
         "clip" => out.clip = Some(entries::positive(scope, value, "clip")?),
         "steps" => out.steps = Some(entries::count(scope, value, "steps", 1)?),
