@@ -12,8 +12,18 @@ pub struct Stop {
 }
 
 impl Stop {
-    /// Installs the handlers (for the rest of the process).
+    /// The stop flag, cleared; the handlers are installed once per process (a process that
+    /// trains many times, as tests and the fuzzer do, reuses them).
     pub fn install() -> Result<Stop, String> {
+        static INSTALLED: std::sync::OnceLock<Result<(Arc<AtomicBool>, Arc<AtomicUsize>), String>> =
+            std::sync::OnceLock::new();
+        let (flag, signal) = INSTALLED.get_or_init(Self::register).clone()?;
+        flag.store(false, Ordering::SeqCst);
+        signal.store(0, Ordering::SeqCst);
+        Ok(Stop { flag, signal })
+    }
+
+    fn register() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>), String> {
         let flag = Arc::new(AtomicBool::new(false));
         let signal = Arc::new(AtomicUsize::new(0));
         #[cfg(unix)]
@@ -25,7 +35,7 @@ impl Stop {
                 .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&flag)))
                 .map_err(|e| format!("cannot install the signal handlers: {e}"))?;
         }
-        Ok(Stop { flag, signal })
+        Ok((flag, signal))
     }
 
     /// The signal's name and the exit status that reports it (130 for SIGINT, 143 for
