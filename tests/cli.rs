@@ -134,7 +134,7 @@ fn emit_after_an_unknown_pass_is_an_error_with_a_suggestion() {
     let file = "examples/gpt2.model";
     let cases: [(&[&str], &str); 3] = [
         (&["--stage", "ir", "--after", "csee"], "`--after csee`: there is no pass `csee`; did you mean `cse`?"),
-        (&["--stage", "grad", "--after", "fusion"], "the passes are simplify, cse, dce"),
+        (&["--stage", "grad", "--after", "lowering"], "the passes are simplify, cse, dce, fusion"),
         (&["--stage", "ast", "--after", "cse"], "use them with `--stage ir` or `--stage grad`"),
     ];
     for (args, message) in cases {

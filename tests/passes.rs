@@ -182,7 +182,10 @@ fn the_pipeline_is_a_fixed_point_of_cse_and_dce() {
             let opt = optimised(&case, &lowered(&case, to));
             for name in ["cse", "dce"] {
                 let p = passes::pass(name).expect("a pass");
-                let again = passes::run_verified(p, opt.clone()).expect("runs");
+                // Nodes only: a pass that moves nodes drops the fusion groups (made last).
+                let mut again = passes::run_verified(p, opt.clone()).expect("runs");
+                let mut opt = opt.clone();
+                (again.groups, opt.groups) = (Vec::new(), Vec::new());
                 assert_eq!(
                     again.to_string(),
                     opt.to_string(),
