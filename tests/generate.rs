@@ -31,7 +31,7 @@ fn model(example: &str, sets: &[(&str, &str)]) -> Model {
     let params = modelc::train::initial_params(&instance, &w, 7).expect("params");
     let buffers = modelc::train::model_buffers(&instance);
     Model::new(
-        &modelc_compiler::backend::interp::Interp,
+        &modelc_compiler::backend::interp::Interp::NATIVE,
         graph,
         buffers,
         (params, "the test's parameters"),

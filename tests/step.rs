@@ -116,7 +116,7 @@ fn agree(case: &Case, steps: u64, poison: Option<u64>) {
     let norm_id = graph.outputs[0];
     let buffers: Vec<(String, TensorType)> = shapes.iter().map(|(n, s)| (n.clone(), f32_type(s))).collect();
     let program = Program { name: "apply".into(), graph, returns: vec![("grad_norm".into(), norm_id)] };
-    let mut exe = Interp.compile(buffers, vec![program]).expect("compiles");
+    let mut exe = Interp::NATIVE.compile(buffers, vec![program]).expect("compiles");
     for (name, (shape, data)) in &host {
         exe.write(name, HostTensor::new(shape.clone(), data.clone())).expect("write");
     }
@@ -250,7 +250,7 @@ fn compiled(file: &str, recipe: &str) -> (modelc::train::Training, modelc_compil
     let w = modelc_compiler::workload(&program, &target, None, None).expect("workload");
     let graph = modelc_compiler::lower(graph, &w, modelc_compiler::Lowering::Training).expect("training graph");
     let tokens = modelc::train::token_inputs(&graph);
-    let mut training = modelc::train::compile(&Interp, graph, &instance, &w, false).expect("compiles");
+    let mut training = modelc::train::compile(&Interp::NATIVE, graph, &instance, &w, false).expect("compiles");
     let params = modelc::train::initial_params(&instance, &w, 1).expect("params");
     modelc::train::write_params(training.exe.as_mut(), params, "the initial parameters").expect("params written");
     (training, w, tokens)

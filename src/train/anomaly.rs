@@ -18,7 +18,7 @@ pub fn locate(
 ) -> Result<Option<String>, String> {
     let params = read_params(exe, &plan.params)?;
     let buffers = crate::train::model_buffers(instance);
-    let mut oracle = modelc_compiler::backend::interp::Interp.compile(buffers, vec![step_program])?;
+    let mut oracle = modelc_compiler::backend::interp::Interp::NATIVE.compile(buffers, vec![step_program])?;
     crate::train::write_params(oracle.as_mut(), params, "the executable")?;
     for micro in 0..plan.accumulate {
         let (names, tensors): (Vec<String>, Vec<_>) = plan.micro_inputs(step, micro).into_iter().unzip();

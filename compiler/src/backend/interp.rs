@@ -13,7 +13,16 @@ use modelc_runtime::executable::{BufferInfo, CallOptions, Executable, HostTensor
 use modelc_runtime::memory::MemoryPlan;
 use std::collections::HashMap;
 
-pub struct Interp;
+/// The interpreter as a backend, at a precision: `NATIVE` (each result rounded to its
+/// dtype, what a device computes; the CLI's) or `F64` (the oracle's).
+pub struct Interp {
+    pub precision: Precision,
+}
+
+impl Interp {
+    pub const NATIVE: Interp = Interp { precision: Precision::Native };
+    pub const F64: Interp = Interp { precision: Precision::F64 };
+}
 
 impl Backend for Interp {
     fn name(&self) -> &'static str {
@@ -33,6 +42,7 @@ impl Backend for Interp {
             index: HashMap::new(),
             traffic: Traffic::default(),
             peak: None,
+            precision: self.precision,
         };
         for (name, ty) in buffers {
             exe.buffer(&name, &ty)?;
@@ -65,6 +75,7 @@ pub struct InterpExecutable {
     index: HashMap<String, usize>,
     traffic: Traffic,
     peak: Option<u64>,
+    precision: Precision,
 }
 
 fn concrete(ty: &TensorType, what: &str) -> Result<Vec<usize>, String> {
@@ -169,7 +180,7 @@ impl Executable for InterpExecutable {
             })
             .collect();
         let opts = Options {
-            precision: Precision::Native,
+            precision: self.precision,
             training: options.training,
             seed: options.seed,
             check_finite: options.check_finite,
@@ -225,9 +236,11 @@ impl Executable for InterpExecutable {
             ));
         }
         self.traffic.to_device += value.data.len() as u64 * self.types[s].dtype.size() as u64;
-        // Stored at the buffer's dtype, as a device would hold it.
+        // Stored at the buffer's dtype, as a device would hold it (the oracle keeps f64).
         let mut t = Tensor::new(value.shape, value.data);
-        interp::round_to(&mut t, self.types[s].dtype);
+        if self.precision == Precision::Native {
+            interp::round_to(&mut t, self.types[s].dtype);
+        }
         self.buffers[s] = t;
         Ok(())
     }

@@ -96,7 +96,7 @@ pub const BACKENDS: &[(&str, Option<&str>, &str)] = &[
 /// The backend called `name`, or why it cannot be had.
 pub fn select(name: &str) -> Result<Box<dyn Backend>, String> {
     match BACKENDS.iter().find(|(n, _, _)| *n == name) {
-        Some(("interp", _, _)) => Ok(Box::new(interp::Interp)),
+        Some(("interp", _, _)) => Ok(Box::new(interp::Interp::NATIVE)),
         Some(("kernel", _, _)) => Ok(Box::new(KernelReference { rounding: kernel::Rounding::Native })),
         Some((n, Some(feature), what)) => Err(format!(
             "`--backend {n}` ({what}) is not compiled into this modelc: it needs the cargo feature `{feature}`, which does not exist yet (the backend is not built); use `--backend interp`"

@@ -173,6 +173,10 @@ impl<'g> Lowering<'g> {
     fn run(mut self) -> Result<KernelProgram, String> {
         for u in self.order()? {
             let parts = std::mem::take(&mut self.units[u].parts);
+            // What nothing in this program reads (a metric that `run` does not return).
+            if !parts.iter().flatten().any(|&n| self.materialised[n]) {
+                continue;
+            }
             let kernel = self.unit(&parts)?;
             self.push_kernel(kernel, &parts);
         }
@@ -231,6 +235,9 @@ impl<'g> Lowering<'g> {
                 for part in parts {
                     let members: HashSet<usize> = part.iter().copied().collect();
                     let outputs: Vec<usize> = part.iter().copied().filter(|&n| self.materialised[n]).collect();
+                    if outputs.is_empty() {
+                        continue;
+                    }
                     let buffers = &self.buffers;
                     let nest = nest_of(g, &members, buffers, &outputs, &|n| buffers[&n])
                         .map_err(|why| format!("lowering {}: {why}", describe(g, part)))?;

@@ -202,6 +202,14 @@ impl Index {
         Index::Const(0)
     }
 
+    /// A size as an index: a constant when it is one, so the text form is canonical.
+    pub fn size(d: Dim) -> Index {
+        match d.as_constant() {
+            Some(c) => Index::Const(c),
+            None => Index::Dim(d),
+        }
+    }
+
     pub fn is_zero(&self) -> bool {
         matches!(self, Index::Const(0))
     }
@@ -211,8 +219,10 @@ impl Index {
         match (self, other) {
             (Index::Const(a), Index::Const(b)) => Index::Const(a.saturating_add(b)),
             (Index::Const(0), x) | (x, Index::Const(0)) => x,
-            (Index::Dim(a), Index::Dim(b)) => Index::Dim(a.add(&b)),
-            (Index::Dim(a), Index::Const(b)) | (Index::Const(b), Index::Dim(a)) => Index::Dim(a.add(&Dim::constant(b))),
+            (Index::Dim(a), Index::Dim(b)) => Index::size(a.add(&b)),
+            (Index::Dim(a), Index::Const(b)) | (Index::Const(b), Index::Dim(a)) => {
+                Index::size(a.add(&Dim::constant(b)))
+            }
             (a, b) => Index::Add(Box::new(a), Box::new(b)),
         }
     }
@@ -223,8 +233,8 @@ impl Index {
             (_, Some(0)) | (Index::Const(0), _) => Index::Const(0),
             (x, Some(1)) => x,
             (Index::Const(a), Some(b)) => Index::Const(a.saturating_mul(b)),
-            (Index::Const(a), None) => Index::Dim(d.mul(&Dim::constant(a))),
-            (Index::Dim(a), _) => Index::Dim(a.mul(d)),
+            (Index::Const(a), None) => Index::size(d.mul(&Dim::constant(a))),
+            (Index::Dim(a), _) => Index::size(a.mul(d)),
             (x, _) => Index::Mul(Box::new(x), d.clone()),
         }
     }

@@ -210,7 +210,11 @@ impl<'a> Parser<'a> {
         let dtype = c.dtype()?;
         c.expect(" = ")?;
         for combine in [Combine::Sum, Combine::Max, Combine::Min] {
-            if c.eat(&format!("{} ", combine.name())) {
+            // `max t1, t2` is the binary op; a reduction names its loops (`max i3 < 64 {`).
+            let head = format!("{} i", combine.name());
+            let is_loop =
+                c.rest().starts_with(&head) && c.rest()[head.len()..].starts_with(|ch: char| ch.is_ascii_digit());
+            if is_loop && c.eat(&format!("{} ", combine.name())) {
                 let over = c.loops_until('{')?;
                 c.expect("{")?;
                 c.end()?;
@@ -499,7 +503,8 @@ impl<'a> Cursor<'a> {
             if self.eat(word) {
                 self.expect("0x")?;
                 let len = self.rest().chars().take_while(|c| c.is_ascii_hexdigit()).count();
-                let stream = u64::from_str_radix(&self.rest()[..len], 16).map_err(|_| self.err("expected a hex stream"))?;
+                let stream =
+                    u64::from_str_radix(&self.rest()[..len], 16).map_err(|_| self.err("expected a hex stream"))?;
                 self.pos += len;
                 self.expect(" ")?;
                 return Ok(Expr::Random { normal, stream, counter: self.index()? });

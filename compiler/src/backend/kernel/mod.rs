@@ -115,6 +115,14 @@ impl KernelExecutable {
         self.moved
     }
 
+    /// The memory plan of a call of `program` with inputs of these shapes, at each buffer's
+    /// dtype size (what the executor measures: `activations_peak` after the call).
+    pub fn planned(&self, program: &str, inputs: &[(&str, Vec<usize>)]) -> Result<memory_plan::Placement, String> {
+        let c = &self.programs[self.compiled(program)?];
+        let symbols = bind(&c.program, inputs)?;
+        Ok(memory_plan::place(&c.program, &c.live, &|d| size(&symbols, d).ok().map(|v| v as u64), None))
+    }
+
     /// A program's Kernel IR, as compiled.
     pub fn program(&self, name: &str) -> Option<&KernelProgram> {
         self.programs.iter().find(|c| c.name == name).map(|c| &c.program)

@@ -277,7 +277,7 @@ impl<'a> Nest<'a> {
             Op::Transpose { perm } => self.value(arg(0), index::transpose(perm, idx))?,
             Op::Slice { axis, start, .. } => {
                 let mut at = idx.to_vec();
-                at[*axis] = at[*axis].clone().plus(Index::Dim(start.clone()));
+                at[*axis] = at[*axis].clone().plus(Index::size(start.clone()));
                 self.value(arg(0), at)?
             }
             Op::Broadcast { .. } => self.value(arg(0), bidx(self, 0))?,
@@ -292,7 +292,7 @@ impl<'a> Nest<'a> {
                 self.guarded -= 1;
                 let x = x?;
                 let lo = self.index_value(Index::Const(*before));
-                let hi = self.index_value(Index::Dim(len.add(&Dim::constant(*before))));
+                let hi = self.index_value(Index::size(len.add(&Dim::constant(*before))));
                 let i = self.index_value(at);
                 let above = self.bin(DType::Bool, Binary::Ge, i, lo);
                 let below = self.bin(DType::Bool, Binary::Lt, i, hi);
@@ -430,12 +430,12 @@ impl<'a> Nest<'a> {
             }
             ReduceKind::Mean => {
                 let r = self.reduce(DType::F64, Combine::Sum, &dims, &mut read)?;
-                let c = self.let_(DType::F64, Expr::Index(Index::Dim(count)));
+                let c = self.let_(DType::F64, Expr::Index(Index::size(count)));
                 self.bin(dt, Binary::Div, r, c)
             }
             ReduceKind::Var => {
                 let s = self.reduce(DType::F64, Combine::Sum, &dims, &mut read)?;
-                let c = self.let_(DType::F64, Expr::Index(Index::Dim(count)));
+                let c = self.let_(DType::F64, Expr::Index(Index::size(count)));
                 let m = self.bin(DType::F64, Binary::Div, s, c);
                 let s2 = self.reduce(DType::F64, Combine::Sum, &dims, &mut |me: &mut Self, vars: &[Var]| {
                     let v = me.value(x, at(vars))?;
@@ -496,7 +496,7 @@ impl<'a> Nest<'a> {
         for a in &node.args {
             let len = g.nodes[a.0 as usize].ty.shape[axis].clone();
             let mut inner = idx.to_vec();
-            inner[axis] = at.clone().plus(Index::Dim(offset.neg()));
+            inner[axis] = at.clone().plus(Index::size(offset.neg()));
             self.guarded += 1;
             let v = self.value(a.0 as usize, inner);
             self.guarded -= 1;
@@ -506,7 +506,7 @@ impl<'a> Nest<'a> {
         let i = self.index_value(at);
         let (mut out, _) = branches.pop().ok_or("`concat` of nothing")?;
         while let Some((v, end)) = branches.pop() {
-            let e = self.index_value(Index::Dim(end));
+            let e = self.index_value(Index::size(end));
             let before = self.bin(DType::Bool, Binary::Lt, i, e);
             out = self.let_(node.ty.dtype, Expr::Select(before, v, out));
         }
