@@ -5,6 +5,9 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// The stop flag and the number of the signal that set it.
+type Flags = (Arc<AtomicBool>, Arc<AtomicUsize>);
+
 /// The stop flag the training loop polls, and which signal set it.
 pub struct Stop {
     pub flag: Arc<AtomicBool>,
@@ -15,15 +18,14 @@ impl Stop {
     /// The stop flag, cleared; the handlers are installed once per process (a process that
     /// trains many times, as tests and the fuzzer do, reuses them).
     pub fn install() -> Result<Stop, String> {
-        static INSTALLED: std::sync::OnceLock<Result<(Arc<AtomicBool>, Arc<AtomicUsize>), String>> =
-            std::sync::OnceLock::new();
+        static INSTALLED: std::sync::OnceLock<Result<Flags, String>> = std::sync::OnceLock::new();
         let (flag, signal) = INSTALLED.get_or_init(Self::register).clone()?;
         flag.store(false, Ordering::SeqCst);
         signal.store(0, Ordering::SeqCst);
         Ok(Stop { flag, signal })
     }
 
-    fn register() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>), String> {
+    fn register() -> Result<Flags, String> {
         let flag = Arc::new(AtomicBool::new(false));
         let signal = Arc::new(AtomicUsize::new(0));
         #[cfg(unix)]
