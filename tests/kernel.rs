@@ -93,11 +93,14 @@ fn train(file: &str, recipe: &str, backend: &dyn Backend, steps: u64) -> (Vec<se
     (rows, weights)
 }
 
+/// The difference relative to the values, and absolute below 1: a weight that is
+/// numerical noise around zero (a bias before a norm, whose gradient is zero but for
+/// rounding) is compared by how far it moved, not by its relative change.
 fn relative(a: f64, b: f64) -> f64 {
     if a == b {
         0.0
     } else {
-        (a - b).abs() / a.abs().max(b.abs()).max(1e-30)
+        (a - b).abs() / a.abs().max(b.abs()).max(1.0)
     }
 }
 

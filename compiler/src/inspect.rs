@@ -76,6 +76,19 @@ pub struct Memory {
     /// The same peak without `recompute`, when the recipe sets it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub activations_peak_bytes_without_recompute: Option<u64>,
+    /// The training step's temporaries under the Kernel IR memory plan (fused kernels,
+    /// buffers reused by liveness, updates in place): the peak of live bytes, which the
+    /// Kernel IR executor measures, and the sum of every temporary without reuse.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_plan: Option<KernelPlan>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelPlan {
+    pub kernels: usize,
+    pub peak_bytes: u64,
+    pub arena_bytes: u64,
+    pub unplanned_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -139,6 +152,19 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
             w.recipe.recompute = None;
             crate::lower(graph.clone(), &w, crate::Lowering::Training).ok().map(|g| peak(&g))
         });
+    let kernel_plan = training.clone().filter(|_| has_recipe).and_then(|g| {
+        let step = crate::training::step_program(g).ok()?;
+        let program = crate::kernel::lower::lower(&step.graph, &step.returns).ok()?;
+        let live = crate::kernel::memory_plan::liveness(&program);
+        let dim = |d: &crate::graph::dim::Dim| step.graph.eval_dim(d, &bind).and_then(|v| u64::try_from(v).ok());
+        let placed = crate::kernel::memory_plan::place(&program, &live, &dim, None);
+        Some(KernelPlan {
+            kernels: program.kernels.len(),
+            peak_bytes: placed.peak,
+            arena_bytes: placed.arena,
+            unplanned_bytes: placed.unplanned,
+        })
+    });
     Report {
         model: instance.block_name.clone(),
         args,
@@ -169,6 +195,7 @@ pub fn report(instance: &Instance, graph: &Graph, workload: Workload) -> Report 
             activations_bytes: activations,
             activations_peak_bytes,
             activations_peak_bytes_without_recompute,
+            kernel_plan,
         },
         workload,
     }
@@ -371,6 +398,14 @@ pub fn render(report: &Report) -> String {
         out.push_str(&format!(
             "    without recompute    {:>24}  (`recompute = {name}` saves the rest)\n",
             bytes(without)
+        ));
+    }
+    if let Some(k) = &m.kernel_plan {
+        out.push_str(&format!(
+            "  activations, planned   {:>24}  (training step as {} fused kernels, buffers reused; {} without reuse)\n",
+            bytes(k.peak_bytes),
+            k.kernels,
+            bytes(k.unplanned_bytes)
         ));
     }
     out
