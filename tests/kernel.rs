@@ -359,3 +359,79 @@ fn the_kernel_executor_never_imports_the_graph_ir() {
         }
     }
 }
+
+/// Graph IR fixtures (`tests/kernel/*.ir`) fused and lowered: the Kernel IR each makes is
+/// a snapshot (docs/kernel-ir.md walks through `rmsnorm`).
+#[test]
+fn kernel_fixtures() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("tests/kernel"))
+        .expect("fixtures")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "ir"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3);
+    for path in files {
+        let text = std::fs::read_to_string(&path).expect("fixture");
+        let graph = modelc_compiler::graph::parse::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let graph = modelc_compiler::passes::fusion::run(graph).expect("fusion");
+        let returns: Vec<(String, modelc_compiler::graph::ValueId)> =
+            graph.outputs.iter().enumerate().map(|(i, v)| (format!("out{i}"), *v)).collect();
+        let k = kernel::lower::lower(&graph, &returns).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        insta::assert_snapshot!(format!("kernel_fixture__{name}"), format!("{graph}\n{k}"));
+    }
+}
+
+/// The table of the Kernel IR issue's report: per example recipe, the training step's
+/// Graph IR nodes, kernels (loop nests, GEMMs, library routines), planned peak against
+/// the sum of every temporary, and the bytes its kernels move fused and unfused.
+/// `cargo test --release --test kernel kernel_report -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn kernel_report() {
+    println!("| recipe | Graph IR nodes | kernels (loops / GEMMs / routines) unfused → fused | planned peak | no reuse | arena | loop bytes unfused → fused | all bytes unfused → fused |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (file, recipe) in example_recipes() {
+        let nodes = {
+            let b = build(&file, &recipe, modelc_compiler::Lowering::Training);
+            let t = modelc::train::training_programs(b.graph, &b.instance, &b.w).expect("programs");
+            t.programs[0].graph.nodes.iter().filter(|n| !n.op.is_leaf()).count()
+        };
+        let count = |p: &KernelProgram| {
+            let (mut l, mut g, mut r) = (0, 0, 0);
+            for k in &p.kernels {
+                match &k.body {
+                    kernel::KernelBody::Loops(_) => l += 1,
+                    kernel::KernelBody::Call(kernel::Call::Gemm(_)) => g += 1,
+                    kernel::KernelBody::Call(kernel::Call::Routine { .. }) => r += 1,
+                }
+            }
+            format!("{l} / {g} / {r}")
+        };
+        let mut fused = kernel_step(&file, &recipe, true);
+        let mut unfused = kernel_step(&file, &recipe, false);
+        let shapes: Vec<(&str, Vec<usize>)> = fused.inputs.iter().map(|(k, v)| (k.as_str(), v.shape.clone())).collect();
+        let placed = fused.exe.planned("step", &shapes).expect("plan");
+        fused.run();
+        unfused.run();
+        let (f, u) = (fused.exe.moved(), unfused.exe.moved());
+        let all = |m: modelc_compiler::backend::kernel::Moved| m.loops + m.gemms + m.routines;
+        let kb = |b: u64| format!("{:.1} KiB", b as f64 / 1024.0);
+        println!(
+            "| {} {recipe} | {nodes} | {} → {} | {} | {} | {} | {} → {} ({:.2}) | {} → {} ({:.2}) |",
+            file.trim_start_matches("examples/").trim_end_matches(".model"),
+            count(unfused.program()),
+            count(fused.program()),
+            kb(placed.peak),
+            kb(placed.unplanned),
+            kb(placed.arena),
+            kb(u.loops),
+            kb(f.loops),
+            f.loops as f64 / u.loops as f64,
+            kb(all(u)),
+            kb(all(f)),
+            all(f) as f64 / all(u) as f64,
+        );
+    }
+}

@@ -367,8 +367,10 @@ fn nest_of(
     let idx = nest.anchor(&anchor);
     for &o in outputs {
         let shape = &g.nodes[o].ty.shape;
-        let at = output_index(shape, &anchor, &idx)
-            .ok_or_else(|| format!("output %{o} of shape {shape:?} does not fit the group's anchor {anchor:?}"))?;
+        let text = |s: &[Dim]| format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
+        let at = output_index(shape, &anchor, &idx).ok_or_else(|| {
+            format!("output %{o} of shape {} does not fit the group's anchor {}", text(shape), text(&anchor))
+        })?;
         nest.store(o, buffer(o), at.clone(), at)?;
     }
     nest.finish()
