@@ -46,6 +46,7 @@ fn variant(op: &Op) -> usize {
         Op::LogSoftmax { .. } => 14,
         Op::MatMul => 15,
         Op::Attention { .. } => 16,
+        Op::AttentionGrad { .. } => 38,
         Op::Reshape { .. } => 17,
         Op::Transpose { .. } => 18,
         Op::Slice { .. } => 19,
@@ -70,7 +71,7 @@ fn variant(op: &Op) -> usize {
     }
 }
 
-const VARIANTS: usize = 38;
+const VARIANTS: usize = 39;
 
 /// One op of every variant (some twice, where an attribute changes the result type), with
 /// argument types its shape rule accepts. Leaves carry their result type as the only entry.
@@ -98,6 +99,10 @@ fn samples() -> Vec<(Op, Vec<TensorType>)> {
         (
             Op::Attention { causal: true, window: Some(2), softcap: None, scale: 0.5, has_bias: false },
             vec![f(&[1, 2, 3, 4]), f(&[1, 1, 3, 4]), f(&[1, 1, 3, 4])],
+        ),
+        (
+            Op::AttentionGrad { wrt: 1, causal: true, window: Some(2), softcap: None, scale: 0.5, has_bias: false },
+            vec![f(&[1, 2, 3, 4]), f(&[1, 1, 3, 4]), f(&[1, 1, 3, 4]), f(&[1, 2, 3, 4])],
         ),
         (Op::Reshape { shape: dims(&[3, 2]) }, vec![f(&[2, 3])]),
         (Op::Transpose { perm: vec![1, 0] }, vec![f(&[2, 3])]),

@@ -536,6 +536,9 @@ impl Builder<'_> {
             Op::Attention { causal, window, softcap, scale, has_bias } => {
                 self.attention_vjp(args, g, *causal, *window, *softcap, *scale, *has_bias, s)?
             }
+            Op::AttentionGrad { .. } => {
+                return Err("the gradient of `attention_grad` (a second derivative) is not derived".into())
+            }
             Op::Reshape { .. } => {
                 let shape = self.ty(a(0)).shape;
                 vec![Some(self.push(Op::Reshape { shape }, vec![g], s)?)]
@@ -780,6 +783,10 @@ impl Builder<'_> {
     /// dV = Pᵀ g, dP = g Vᵀ, dS = P ⊙ (dP − Σ dP ⊙ P) (times the soft-cap's derivative),
     /// dQ = dS K · scale, dK = dSᵀ Q · scale; shared K/V heads sum over their query group.
     #[allow(clippy::too_many_arguments)]
+    /// The gradients of `attention`: one `attention_grad` node per argument wanted, each
+    /// recomputing the scores one query row at a time (no `T × S` buffer but for a bias's
+    /// gradient, which is the score gradient reduced to the bias's shape).
+    #[allow(clippy::too_many_arguments)]
     fn attention_vjp(
         &mut self,
         args: &[ValueId],
@@ -791,102 +798,18 @@ impl Builder<'_> {
         has_bias: bool,
         s: &str,
     ) -> Result<Vec<Option<ValueId>>, String> {
-        let (q, k, v) = (args[0], args[1], args[2]);
-        let (tq, tk) = (self.ty(q), self.ty(k));
-        let dt = tq.dtype;
-        let (b, h, t, hd) = (tq.shape[0].clone(), tq.shape[1].clone(), tq.shape[2].clone(), tq.shape[3].clone());
-        let (hkv, sk) = (tk.shape[1].clone(), tk.shape[2].clone());
-        let group = h.div_exact(&hkv).ok_or("attention heads not divisible by KV heads")?;
-        // K/V heads repeated for their query group: [B, Hkv, S, d] → [B, H, S, d].
-        let expand = |me: &mut Self, x: ValueId| -> Result<ValueId, String> {
-            let d = me.ty(x).shape[3].clone();
-            let r = me.push(
-                Op::Reshape { shape: vec![b.clone(), hkv.clone(), Dim::constant(1), sk.clone(), d.clone()] },
-                vec![x],
-                s,
-            )?;
-            let r = me.push(
-                Op::Broadcast { shape: vec![b.clone(), hkv.clone(), group.clone(), sk.clone(), d.clone()] },
-                vec![r],
-                s,
-            )?;
-            me.push(Op::Reshape { shape: vec![b.clone(), h.clone(), sk.clone(), d] }, vec![r], s)
-        };
-        let fold = |me: &mut Self, x: ValueId| -> Result<ValueId, String> {
-            let d = me.ty(x).shape[3].clone();
-            let r = me.push(
-                Op::Reshape { shape: vec![b.clone(), hkv.clone(), group.clone(), sk.clone(), d.clone()] },
-                vec![x],
-                s,
-            )?;
-            me.push(Op::Reduce { kind: Reduce::Sum, axes: vec![2], keepdim: false }, vec![r], s)
-        };
-        let (ke, ve) = (expand(self, k)?, expand(self, v)?);
-        let kt = self.swap_last(ke, s)?;
-        let raw = self.push(Op::MatMul, vec![q, kt], s)?;
-        let mut scores = self.scale(raw, scale, s)?;
-        if let Some(cap) = softcap {
-            scores = self.push(Op::Softcap { cap }, vec![scores], s)?;
+        let mut operands = args.to_vec();
+        operands.push(g);
+        let mut out = Vec::with_capacity(args.len());
+        for wrt in 0..3 {
+            let op = Op::AttentionGrad { wrt, causal, window, softcap, scale, has_bias };
+            out.push(Some(self.push(op, operands.clone(), s)?));
         }
-        let capped = scores;
         if has_bias {
-            scores = self.bin(Binary::Add, scores, args[3], s)?;
-        }
-        if causal || window.is_some() {
-            // Query t sees key j when j <= t + (S - T) and, with a window, j > that - w.
-            let offset = sk.sub(&t).as_constant().ok_or("attention masks with symbolic S - T")?;
-            let ti =
-                self.g.push(Op::Arange { n: t.clone() }, Vec::new(), TensorType::new(DType::I32, vec![t.clone()]), s);
-            let ti = self.push(Op::Reshape { shape: vec![t.clone(), Dim::constant(1)] }, vec![ti], s)?;
-            let off = self.scalar(offset as f64, DType::I32);
-            let last = self.bin(Binary::Add, ti, off, s)?;
-            let ji =
-                self.g.push(Op::Arange { n: sk.clone() }, Vec::new(), TensorType::new(DType::I32, vec![sk.clone()]), s);
-            let ji = self.push(Op::Reshape { shape: vec![Dim::constant(1), sk.clone()] }, vec![ji], s)?;
-            let mut allowed = if causal {
-                self.bin(Binary::Le, ji, last, s)?
-            } else {
-                let all = self.bin(Binary::Ge, ji, ji, s)?;
-                self.push(Op::Broadcast { shape: vec![t.clone(), sk.clone()] }, vec![all], s)?
-            };
-            if let Some(w) = window {
-                let wv = self.scalar(w as f64, DType::I32);
-                let lo = self.bin(Binary::Sub, last, wv, s)?;
-                let inside = self.bin(Binary::Gt, ji, lo, s)?;
-                allowed = self.bin(Binary::And, allowed, inside, s)?;
-            }
-            let neg = self.scalar(f64::NEG_INFINITY, dt);
-            scores = self.push(Op::Where, vec![allowed, scores, neg], s)?;
-        }
-        let p = self.push(Op::Softmax { axis: 3 }, vec![scores], s)?;
-        // dV and dP.
-        let pt = self.swap_last(p, s)?;
-        let dve = self.push(Op::MatMul, vec![pt, g], s)?;
-        let vt = self.swap_last(ve, s)?;
-        let dp = self.push(Op::MatMul, vec![g, vt], s)?;
-        let mut ds = self.softmax_back(p, dp, 3, s)?;
-        let dbias = if has_bias {
+            let op = Op::AttentionGrad { wrt: 3, causal, window, softcap, scale, has_bias };
+            let scores = self.push(op, operands, s)?;
             let tb = self.ty(args[3]);
-            Some(self.unbroadcast(ds, &tb, s)?)
-        } else {
-            None
-        };
-        if let Some(cap) = softcap {
-            let r = self.scale(capped, 1.0 / cap, s)?;
-            let r2 = self.bin(Binary::Mul, r, r, s)?;
-            let one = self.scalar(1.0, dt);
-            let d = self.bin(Binary::Sub, one, r2, s)?;
-            ds = self.bin(Binary::Mul, ds, d, s)?;
-        }
-        let ds = self.scale(ds, scale, s)?;
-        let dq = self.push(Op::MatMul, vec![ds, ke], s)?;
-        let dst = self.swap_last(ds, s)?;
-        let dke = self.push(Op::MatMul, vec![dst, q], s)?;
-        let (dk, dv) = (fold(self, dke)?, fold(self, dve)?);
-        let _ = hd;
-        let mut out = vec![Some(dq), Some(dk), Some(dv)];
-        if has_bias {
-            out.push(dbias);
+            out.push(Some(self.unbroadcast(scores, &tb, s)?));
         }
         Ok(out)
     }

@@ -222,6 +222,134 @@ pub fn attention(
     out
 }
 
+/// q, k, v, the broadcast bias and the output's gradient of `attention_grad`.
+pub type AttentionGradOperands<'a> = (&'a [f64], &'a [f64], &'a [f64], Option<&'a [f64]>, &'a [f64]);
+
+/// What `attention_grad` computes: the gradient of q, k or v, or of the scores (`[b, h,
+/// t, s]`, which the bias's is reduced from).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionWrt {
+    Q,
+    K,
+    V,
+    Scores,
+}
+
+impl AttentionWrt {
+    /// The argument `wrt` names in `attention_grad` (0 q, 1 k, 2 v, 3 the scores).
+    pub fn of(wrt: usize) -> AttentionWrt {
+        match wrt {
+            0 => AttentionWrt::Q,
+            1 => AttentionWrt::K,
+            2 => AttentionWrt::V,
+            _ => AttentionWrt::Scores,
+        }
+    }
+}
+
+/// The gradient of `attention` with respect to `wrt`, one query row at a time: the row's
+/// scores and probabilities recomputed as the forward computes them, `dP = dO · vᵀ`, the
+/// softmax's backward `dS = P ⊙ (dP - Σ P dP)`, the softcap's derivative, then `dq = dS k
+/// scale`, `dk = dSᵀ q scale` or `dv = Pᵀ dO` (K/V gradients summed over the query heads
+/// that share them). A row whose keys are all masked contributes nothing.
+pub fn attention_grad(
+    (q, k, v, bias, dout): AttentionGradOperands,
+    (b, h, t, hd): (usize, usize, usize, usize),
+    (hkv, s, dv): (usize, usize, usize),
+    (causal, window, softcap, scale): (bool, Option<i64>, Option<f64>, f64),
+    wrt: AttentionWrt,
+) -> Vec<f64> {
+    let group = h / hkv.max(1);
+    let len = match wrt {
+        AttentionWrt::Q => b * h * t * hd,
+        AttentionWrt::K => b * hkv * s * hd,
+        AttentionWrt::V => b * hkv * s * dv,
+        AttentionWrt::Scores => b * h * t * s,
+    };
+    let mut out = vec![0.0; len];
+    let (mut logits, mut pre, mut p, mut ds) = (vec![0.0; s], vec![0.0; s], vec![0.0; s], vec![0.0; s]);
+    for bi in 0..b {
+        for hi in 0..h {
+            let kh = hi / group.max(1);
+            for ti in 0..t {
+                let row = (bi * h + hi) * t + ti;
+                let qrow = &q[row * hd..][..hd];
+                let last = ti + s - t.min(s);
+                for si in 0..s {
+                    let krow = &k[((bi * hkv + kh) * s + si) * hd..][..hd];
+                    let mut x = qrow.iter().zip(krow).map(|(a, c)| a * c).sum::<f64>() * scale;
+                    pre[si] = x;
+                    if let Some(cap) = softcap {
+                        x = cap * (x / cap).tanh();
+                    }
+                    if let Some(bias) = bias {
+                        x += bias[row * s + si];
+                    }
+                    let masked = (causal && si > last) || window.is_some_and(|w| si as i64 <= last as i64 - w);
+                    logits[si] = if masked { f64::NEG_INFINITY } else { x };
+                }
+                let lse = log_sum_exp(logits.iter().copied());
+                if lse == f64::NEG_INFINITY {
+                    continue;
+                }
+                for si in 0..s {
+                    p[si] = (logits[si] - lse).exp();
+                }
+                let drow = &dout[row * dv..][..dv];
+                if wrt == AttentionWrt::V {
+                    for (si, &w) in p.iter().enumerate() {
+                        let o = &mut out[((bi * hkv + kh) * s + si) * dv..][..dv];
+                        for (x, g) in o.iter_mut().zip(drow) {
+                            *x += w * g;
+                        }
+                    }
+                    continue;
+                }
+                let mut dot = 0.0;
+                for si in 0..s {
+                    let vrow = &v[((bi * hkv + kh) * s + si) * dv..][..dv];
+                    ds[si] = drow.iter().zip(vrow).map(|(a, c)| a * c).sum::<f64>();
+                    dot += p[si] * ds[si];
+                }
+                for si in 0..s {
+                    ds[si] = p[si] * (ds[si] - dot);
+                }
+                if wrt == AttentionWrt::Scores {
+                    out[row * s..][..s].copy_from_slice(&ds);
+                    continue;
+                }
+                for si in 0..s {
+                    if let Some(cap) = softcap {
+                        let r = (pre[si] / cap).tanh();
+                        ds[si] *= 1.0 - r * r;
+                    }
+                    ds[si] *= scale;
+                }
+                match wrt {
+                    AttentionWrt::Q => {
+                        let o = &mut out[row * hd..][..hd];
+                        for (si, &d) in ds.iter().enumerate() {
+                            let krow = &k[((bi * hkv + kh) * s + si) * hd..][..hd];
+                            for (x, kv) in o.iter_mut().zip(krow) {
+                                *x += d * kv;
+                            }
+                        }
+                    }
+                    _ => {
+                        for (si, &d) in ds.iter().enumerate() {
+                            let o = &mut out[((bi * hkv + kh) * s + si) * hd..][..hd];
+                            for (x, qv) in o.iter_mut().zip(qrow) {
+                                *x += d * qv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The `k` largest of each row of `[rows, n]`: their values, or their positions.
 pub fn topk(x: &[f64], n: usize, k: usize, indices: bool) -> Vec<f64> {
     let mut out = Vec::with_capacity(x.len() / n.max(1) * k);

@@ -140,6 +140,18 @@ pub enum Op {
         scale: f64,
         has_bias: bool,
     },
+    /// The gradient of `attention` (same attributes) with respect to its argument `wrt`
+    /// (0 q, 1 k, 2 v, 3 the score gradient `[B, H, T, S]` that the bias's is reduced
+    /// from), given q, k, v, the bias if any, and the output's gradient: recomputed one
+    /// query row at a time, flash-style, without a `T × S` buffer (but for the bias's).
+    AttentionGrad {
+        wrt: usize,
+        causal: bool,
+        window: Option<i64>,
+        softcap: Option<f64>,
+        scale: f64,
+        has_bias: bool,
+    },
 
     // ---- movement
     Reshape {
@@ -234,6 +246,9 @@ pub enum Op {
         k: i64,
     },
 }
+
+/// What `attention_grad`'s `wrt` names, in the text form.
+pub const ATTENTION_ARGS: [&str; 4] = ["q", "k", "v", "scores"];
 
 /// FLOPs and bytes moved by one node, symbolic in the batch and sequence dims.
 #[derive(Clone, Debug, PartialEq)]
@@ -386,6 +401,7 @@ impl Op {
             Op::LogSoftmax { .. } => "log_softmax".into(),
             Op::MatMul => "matmul".into(),
             Op::Attention { .. } => "attention".into(),
+            Op::AttentionGrad { .. } => "attention_grad".into(),
             Op::Reshape { .. } => "reshape".into(),
             Op::Transpose { .. } => "transpose".into(),
             Op::Slice { .. } => "slice".into(),
@@ -442,8 +458,13 @@ impl Op {
             | Op::ScatterAdd { axis } => {
                 format!(" axis={axis}")
             }
-            Op::Attention { causal, window, softcap, scale, .. } => {
-                let mut s = format!(" causal={causal} scale={scale:?}");
+            Op::Attention { causal, window, softcap, scale, .. }
+            | Op::AttentionGrad { causal, window, softcap, scale, .. } => {
+                let mut s = match self {
+                    Op::AttentionGrad { wrt, .. } => format!(" wrt={}", ATTENTION_ARGS.get(*wrt).unwrap_or(&"?")),
+                    _ => String::new(),
+                };
+                s.push_str(&format!(" causal={causal} scale={scale:?}"));
                 if let Some(w) = window {
                     s.push_str(&format!(" window={w}"));
                 }

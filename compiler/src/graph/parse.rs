@@ -89,6 +89,7 @@ const OTHER_OPS: &[&str] = &[
     "log_softmax",
     "matmul",
     "attention",
+    "attention_grad",
     "reshape",
     "transpose",
     "slice",
@@ -549,12 +550,26 @@ impl<'a> Cursor<'a> {
             "gather" => Op::Gather { axis: axis(self)? },
             "scatter_add" => Op::ScatterAdd { axis: axis(self)? },
             "matmul" => Op::MatMul,
-            "attention" => {
+            "attention" | "attention_grad" => {
+                let wrt = if name == "attention_grad" {
+                    let start = self.pos;
+                    let word = self.attr("wrt", |c| Ok(c.take(|ch| ch.is_ascii_alphanumeric()).to_string()))?;
+                    let i = super::op::ATTENTION_ARGS.iter().position(|a| *a == word).ok_or_else(|| {
+                        self.pos = start;
+                        self.err(format!("`wrt` is q, k, v or scores, found `{word}`"))
+                    })?;
+                    Some(i)
+                } else {
+                    None
+                };
                 let causal = self.attr("causal", |c| c.boolean())?;
                 let scale = float(self, "scale")?;
                 let window = if self.rest().starts_with(" window=") { Some(int(self, "window")?) } else { None };
                 let softcap = if self.rest().starts_with(" softcap=") { Some(float(self, "softcap")?) } else { None };
-                Op::Attention { causal, window, softcap, scale, has_bias: n_args == 4 }
+                match wrt {
+                    Some(wrt) => Op::AttentionGrad { wrt, causal, window, softcap, scale, has_bias: n_args == 5 },
+                    None => Op::Attention { causal, window, softcap, scale, has_bias: n_args == 4 },
+                }
             }
             "reshape" | "broadcast" => {
                 self.expect(" ")?;

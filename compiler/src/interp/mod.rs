@@ -451,6 +451,28 @@ fn eval(
             );
             Tensor::new(vec![b, h, t, dv], data)
         }
+        Op::AttentionGrad { wrt, causal, window, softcap, scale, has_bias } => {
+            let (h, hkv) = (args[0].shape[1], args[1].shape[1]);
+            if hkv == 0 || h % hkv != 0 {
+                return Err(RunError(format!("`attention` needs H % Hkv == 0, found H = {h}, Hkv = {hkv}")));
+            }
+            let (q, k, v, dout) = (args[0], args[1], args[2], args[args.len() - 1]);
+            let (b, t, hd) = (q.shape[0], q.shape[2], q.shape[3]);
+            let (s, dv) = (k.shape[2], v.shape[3]);
+            let bias = has_bias.then(|| broadcast_to(args[3], &[b, h, t, s]));
+            let data = library::attention_grad(
+                (&q.data, &k.data, &v.data, bias.as_ref().map(|x| x.data.as_slice()), &dout.data),
+                (b, h, t, hd),
+                (hkv, s, dv),
+                (*causal, *window, *softcap, *scale),
+                library::AttentionWrt::of(*wrt),
+            );
+            let shape = match wrt {
+                3 => vec![b, h, t, s],
+                i => args[*i].shape.clone(),
+            };
+            Tensor::new(shape, data)
+        }
         Op::Reshape { shape } => Tensor::new(shape.iter().map(dim).collect::<Result<_, _>>()?, args[0].data.clone()),
         Op::Transpose { perm } => transpose(args[0], perm),
         Op::Slice { axis, start, end } => {

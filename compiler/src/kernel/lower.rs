@@ -268,6 +268,14 @@ impl<'g> Lowering<'g> {
                 scale: *scale,
                 has_bias: *has_bias,
             },
+            Op::AttentionGrad { wrt, causal, window, softcap, scale, has_bias } => Routine::AttentionGrad {
+                wrt: *wrt,
+                causal: *causal,
+                window: *window,
+                softcap: *softcap,
+                scale: *scale,
+                has_bias: *has_bias,
+            },
             Op::ScatterAdd { axis } => Routine::ScatterAdd { axis: *axis },
             Op::TopK { k, indices } => Routine::TopK { k: *k, indices: *indices },
             Op::Cumsum { axis } => Routine::Cumsum { axis: *axis },
@@ -307,6 +315,7 @@ pub fn is_library(op: &Op) -> bool {
     match op {
         Op::MatMul
         | Op::Attention { .. }
+        | Op::AttentionGrad { .. }
         | Op::ScatterAdd { .. }
         | Op::TopK { .. }
         | Op::Cumsum { .. }

@@ -338,6 +338,17 @@ pub enum Routine {
         scale: f64,
         has_bias: bool,
     },
+    /// The gradient of `attention` with respect to q, k, v (`wrt` 0, 1, 2) or its scores
+    /// (3, `[B, H, T, S]`), from q, k, v, the bias and the output's gradient; recomputed
+    /// one query row at a time.
+    AttentionGrad {
+        wrt: usize,
+        causal: bool,
+        window: Option<i64>,
+        softcap: Option<f64>,
+        scale: f64,
+        has_bias: bool,
+    },
     /// x, index, src → x with src added at index along `axis`.
     ScatterAdd {
         axis: usize,
@@ -374,6 +385,7 @@ impl Routine {
     pub fn name(&self) -> &'static str {
         match self {
             Routine::Attention { .. } => "attention",
+            Routine::AttentionGrad { .. } => "attention_grad",
             Routine::ScatterAdd { .. } => "scatter_add",
             Routine::TopK { indices: false, .. } => "topk_values",
             Routine::TopK { indices: true, .. } => "topk_indices",

@@ -560,7 +560,19 @@ impl<'a> Cursor<'a> {
         let name: String = word.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
         self.pos += name.len();
         let routine = match name.as_str() {
-            "attention" => {
+            "attention" | "attention_grad" => {
+                let wrt = if name == "attention_grad" {
+                    self.expect(" wrt=")?;
+                    let w = self.word_text();
+                    let i = crate::graph::op::ATTENTION_ARGS
+                        .iter()
+                        .position(|a| *a == w)
+                        .ok_or_else(|| self.err(format!("`wrt` is q, k, v or scores, found `{w}`")))?;
+                    self.pos += w.len();
+                    Some(i)
+                } else {
+                    None
+                };
                 self.expect(" causal=")?;
                 let causal = self.boolean()?;
                 self.expect(" scale=")?;
@@ -569,7 +581,10 @@ impl<'a> Cursor<'a> {
                 let has_bias = self.boolean()?;
                 let window = if self.key("window") { Some(self.int()?) } else { None };
                 let softcap = if self.key("softcap") { Some(self.float()?) } else { None };
-                Routine::Attention { causal, window, softcap, scale, has_bias }
+                match wrt {
+                    Some(wrt) => Routine::AttentionGrad { wrt, causal, window, softcap, scale, has_bias },
+                    None => Routine::Attention { causal, window, softcap, scale, has_bias },
+                }
             }
             "scatter_add" | "cumsum" => {
                 self.expect(" axis=")?;

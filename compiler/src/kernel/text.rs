@@ -89,8 +89,15 @@ fn view(v: &View) -> String {
 
 pub(super) fn attrs(r: &Routine) -> String {
     match r {
-        Routine::Attention { causal, window, softcap, scale, has_bias } => {
-            let mut s = format!(" causal={causal} scale={scale:?} bias={has_bias}");
+        Routine::Attention { causal, window, softcap, scale, has_bias }
+        | Routine::AttentionGrad { causal, window, softcap, scale, has_bias, .. } => {
+            let mut s = match r {
+                Routine::AttentionGrad { wrt, .. } => {
+                    format!(" wrt={}", crate::graph::op::ATTENTION_ARGS.get(*wrt).unwrap_or(&"?"))
+                }
+                _ => String::new(),
+            };
+            s.push_str(&format!(" causal={causal} scale={scale:?} bias={has_bias}"));
             if let Some(w) = window {
                 s.push_str(&format!(" window={w}"));
             }

@@ -83,6 +83,7 @@ pub fn verify(p: &KernelProgram) -> Result<(), VerifyError> {
                 }
                 let want = match routine {
                     Routine::Attention { has_bias, .. } => 3 + usize::from(*has_bias),
+                    Routine::AttentionGrad { has_bias, .. } => 4 + usize::from(*has_bias),
                     Routine::ScatterAdd { .. } => 3,
                     Routine::TopK { .. } | Routine::Cumsum { .. } | Routine::MoeRoute { .. } => 1,
                     Routine::MoeZLoss | Routine::MoeLoad { .. } => 1,

@@ -77,6 +77,28 @@ pub fn run(routine: &Routine, ins: &[Operand], out: &[usize], capacity: Option<i
                 *scale,
             )
         }
+        Routine::AttentionGrad { wrt, causal, window, softcap, scale, has_bias } => {
+            let ((q, qs), (k, ks), (v, vs)) = (arg(0)?, arg(1)?, arg(2)?);
+            let (dout, _) = arg(ins.len().saturating_sub(1))?;
+            let (b, h, t, hd) = (qs[0], qs[1], qs[2], qs[3]);
+            let (hkv, s, dv) = (ks[1], ks[2], vs[3]);
+            if hkv == 0 || h % hkv != 0 {
+                return Err(format!("`attention` needs H % Hkv == 0, found H = {h}, Hkv = {hkv}"));
+            }
+            let bias = if *has_bias {
+                let (x, xs) = arg(3)?;
+                Some(broadcast(x, xs, &[b, h, t, s]))
+            } else {
+                None
+            };
+            library::attention_grad(
+                (q, k, v, bias.as_deref(), dout),
+                (b, h, t, hd),
+                (hkv, s, dv),
+                (*causal, *window, *softcap, *scale),
+                library::AttentionWrt::of(*wrt),
+            )
+        }
         Routine::ScatterAdd { axis } => {
             let ((x, xs), (idx, is), (src, _)) = (arg(0)?, arg(1)?, arg(2)?);
             let mut out = x.to_vec();

@@ -41,6 +41,19 @@ impl Op {
                 let bhts = q.shape[0].mul(&q.shape[1]).mul(&q.shape[2]).mul(&k.shape[2]);
                 bhts.mul(&q.shape[3]).mul(&Dim::constant(4)).add(&bhts.mul(&Dim::constant(5)))
             }
+            Op::AttentionGrad { wrt, .. } => {
+                // One flash backward pass computes the three gradients together: q kᵀ again,
+                // dO vᵀ, dS k (counted on q's), dSᵀ q (k's) and Pᵀ dO (v's), plus the
+                // softmax and its backward: 2.5 forwards in all, as the recomputed graph was.
+                let (q, k) = (args[0], args[1]);
+                let bhts = q.shape[0].mul(&q.shape[1]).mul(&q.shape[2]).mul(&k.shape[2]);
+                let mm = bhts.mul(&q.shape[3]).mul(&Dim::constant(2));
+                match wrt {
+                    0 => mm.mul(&Dim::constant(3)).add(&bhts.mul(&Dim::constant(8))),
+                    1 | 2 => mm,
+                    _ => bhts,
+                }
+            }
             Op::CrossEntropy { .. } => args[0].numel().mul(&Dim::constant(5)),
             Op::Lstm { .. } => {
                 // Per step: the two gate matmuls, then ~10 flops per hidden unit.

@@ -221,6 +221,36 @@ impl Op {
                 shape.extend([m.clone(), n.clone()]);
                 Ok(TensorType::new(a.dtype, shape))
             }
+            Op::AttentionGrad { wrt, has_bias, window, softcap, causal, scale } => {
+                arity(if *has_bias { 5 } else { 4 })?;
+                if *wrt > 3 {
+                    return Err(format!("`attention_grad` takes wrt in q, k, v, scores, found {wrt}"));
+                }
+                let forward = Op::Attention {
+                    causal: *causal,
+                    window: *window,
+                    softcap: *softcap,
+                    scale: *scale,
+                    has_bias: *has_bias,
+                };
+                let out = forward.infer(&args[..args.len() - 1])?;
+                let g = args[args.len() - 1];
+                if g.shape != out.shape {
+                    return Err(format!(
+                        "`attention_grad` needs the output's gradient shaped {}, found {}",
+                        out.shape_text(),
+                        g.shape_text()
+                    ));
+                }
+                let (q, k) = (args[0], args[1]);
+                Ok(match wrt {
+                    3 => TensorType::new(
+                        q.dtype,
+                        vec![q.shape[0].clone(), q.shape[1].clone(), q.shape[2].clone(), k.shape[2].clone()],
+                    ),
+                    i => args[*i].clone(),
+                })
+            }
             Op::Attention { has_bias, window, softcap, .. } => {
                 arity(if *has_bias { 4 } else { 3 })?;
                 if let Some(w) = window {

@@ -24,6 +24,7 @@ impl Op {
             | Op::LogSoftmax { .. }
             | Op::MatMul
             | Op::Attention { .. }
+            | Op::AttentionGrad { .. }
             | Op::Reshape { .. }
             | Op::Transpose { .. }
             | Op::Slice { .. }
@@ -67,6 +68,7 @@ impl Op {
             | Op::LogSoftmax { .. }
             | Op::MatMul
             | Op::Attention { .. }
+            | Op::AttentionGrad { .. }
             | Op::Reshape { .. }
             | Op::Transpose { .. }
             | Op::Slice { .. }
@@ -112,6 +114,7 @@ impl Op {
             | Op::LogSoftmax { .. }
             | Op::MatMul
             | Op::Attention { .. }
+            | Op::AttentionGrad { .. }
             | Op::Reshape { .. }
             | Op::Transpose { .. }
             | Op::Slice { .. }
@@ -162,6 +165,7 @@ impl Op {
             | Op::LogSoftmax { .. }
             | Op::MatMul
             | Op::Attention { .. }
+            | Op::AttentionGrad { .. }
             | Op::Reshape { .. }
             | Op::Transpose { .. }
             | Op::Slice { .. }
@@ -186,7 +190,7 @@ impl Op {
     /// too, but are a recurrence and a routed copy, and are not classed here.
     pub fn is_contraction(&self) -> bool {
         match self {
-            Op::MatMul | Op::Attention { .. } => true,
+            Op::MatMul | Op::Attention { .. } | Op::AttentionGrad { .. } => true,
             Op::Input { .. }
             | Op::Param { .. }
             | Op::Buffer { .. }
@@ -257,6 +261,7 @@ impl Op {
             | Op::Dropout { .. }
             | Op::MatMul
             | Op::Attention { .. }
+            | Op::AttentionGrad { .. }
             | Op::Reshape { .. }
             | Op::Transpose { .. }
             | Op::Slice { .. }
@@ -300,6 +305,7 @@ impl Op {
             | Op::LogSoftmax { .. }
             | Op::MatMul
             | Op::Attention { .. }
+            | Op::AttentionGrad { .. }
             | Op::Embedding
             | Op::Gather { .. }
             | Op::ScatterAdd { .. }
@@ -340,6 +346,7 @@ impl Op {
             | Op::LogSoftmax { .. }
             | Op::MatMul
             | Op::Attention { .. }
+            | Op::AttentionGrad { .. }
             | Op::Transpose { .. }
             | Op::Slice { .. }
             | Op::Concat { .. }
@@ -384,6 +391,7 @@ impl Op {
             | Op::LogSoftmax { .. }
             | Op::MatMul
             | Op::Attention { .. }
+            | Op::AttentionGrad { .. }
             | Op::Reshape { .. }
             | Op::Transpose { .. }
             | Op::Slice { .. }
@@ -413,7 +421,8 @@ impl Op {
     /// (comparisons, top-k indices, routing loads) has one, which sends nothing back.
     pub fn has_gradient(&self) -> bool {
         match self {
-            Op::Lstm { .. } => false,
+            // No second derivatives: the attention backward is differentiated nowhere.
+            Op::Lstm { .. } | Op::AttentionGrad { .. } => false,
             Op::Input { .. }
             | Op::Param { .. }
             | Op::Buffer { .. }
@@ -491,6 +500,7 @@ impl Op {
             | Op::Scalar { .. }
             | Op::Arange { .. }
             | Op::Attention { .. }
+            | Op::AttentionGrad { .. }
             | Op::Pad { .. }
             | Op::Gather { .. }
             | Op::ScatterAdd { .. }

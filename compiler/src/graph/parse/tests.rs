@@ -28,7 +28,15 @@ fn next_sample(op: &Op) -> Option<Op> {
         Op::MatMul => {
             Op::Attention { causal: true, window: Some(4096), softcap: Some(50.0), scale: 0.125, has_bias: true }
         }
-        Op::Attention { .. } => Op::Reshape { shape: vec![sym("B").mul(&sym("T")), Dim::constant(-1)] },
+        Op::Attention { .. } => Op::AttentionGrad {
+            wrt: 3,
+            causal: true,
+            window: Some(128),
+            softcap: Some(30.0),
+            scale: 0.125,
+            has_bias: true,
+        },
+        Op::AttentionGrad { .. } => Op::Reshape { shape: vec![sym("B").mul(&sym("T")), Dim::constant(-1)] },
         Op::Reshape { .. } => Op::Transpose { perm: vec![0, 2, 1, 3] },
         Op::Transpose { .. } => {
             Op::Slice { axis: 2, start: sym("T").sub(&Dim::constant(1)), end: sym("T").mul(&Dim::constant(2)) }
@@ -66,14 +74,16 @@ fn samples() -> Vec<Op> {
     out.extend(REDUCE.iter().map(|&kind| Op::Reduce { kind, axes: vec![1], keepdim: false }));
     // Attention without its optional attributes and bias.
     out.push(Op::Attention { causal: false, window: None, softcap: None, scale: 1.0, has_bias: false });
+    out.push(Op::AttentionGrad { wrt: 1, causal: false, window: None, softcap: None, scale: 1.0, has_bias: false });
     out
 }
 
 /// A one-node graph holding `op`, with as many arguments as its text form needs to be read
-/// back (only `attention` reads its arity).
+/// back (only `attention` and its gradient read their arity).
 fn one_node(op: Op) -> Graph {
     let n_args = match op {
         Op::Attention { has_bias, .. } => 3 + usize::from(has_bias),
+        Op::AttentionGrad { has_bias, .. } => 4 + usize::from(has_bias),
         _ => 1,
     };
     let node = Node {

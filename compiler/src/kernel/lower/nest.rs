@@ -332,6 +332,7 @@ impl<'a> Nest<'a> {
             Op::CrossEntropy { ignore } => self.cross_entropy(n, *ignore)?,
             Op::MatMul
             | Op::Attention { .. }
+            | Op::AttentionGrad { .. }
             | Op::ScatterAdd { .. }
             | Op::TopK { .. }
             | Op::Cumsum { .. }
