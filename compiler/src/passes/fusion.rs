@@ -228,6 +228,17 @@ fn merge_stored_edges(
                     }
                     stack.extend(succ[c].iter().copied().filter(|&d| d != b));
                 }
+                // Nor any kernel of the graph's order between them: the merged kernel runs
+                // where `a` ran, so `b`'s work would move earlier past it and its results
+                // live longer (a recomputed segment pulled back into the forward).
+                let (a_last, b_first) = (
+                    groups[a].nodes.iter().copied().max().unwrap_or(0),
+                    groups[b].nodes.iter().copied().min().unwrap_or(0),
+                );
+                if b_first > a_last {
+                    between |= (a_last + 1..b_first)
+                        .any(|m| group_of[m].is_some_and(|g| g != a && g != b) && !graph.nodes[m].op.is_leaf());
+                }
                 if between {
                     failed.insert((a, b));
                     continue;
