@@ -51,50 +51,45 @@ fn index(v: f64, len: usize, what: &str) -> Result<usize, String> {
     Ok(v as usize)
 }
 
+/// `attention`'s operands unpacked: q, k, v with their dims, the bias broadcast.
+struct AttentionOperands<'a> {
+    q: &'a [f64],
+    k: &'a [f64],
+    v: &'a [f64],
+    bias: Option<Vec<f64>>,
+    qdims: (usize, usize, usize, usize),
+    kdims: (usize, usize, usize),
+}
+
+fn attention_operands<'a>(ins: &[Operand<'a>], has_bias: bool) -> Result<AttentionOperands<'a>, String> {
+    let [(q, qs), (k, ks), (v, vs), ..] = ins else { return Err("`attention` needs q, k and v".into()) };
+    let (b, h, t, hd) = (qs[0], qs[1], qs[2], qs[3]);
+    let (hkv, s, dv) = (ks[1], ks[2], vs[3]);
+    if hkv == 0 || h % hkv != 0 {
+        return Err(format!("`attention` needs H % Hkv == 0, found H = {h}, Hkv = {hkv}"));
+    }
+    let bias = match (has_bias, ins.get(3)) {
+        (true, Some((x, xs))) => Some(broadcast(x, xs, &[b, h, t, s])),
+        (true, None) => return Err("`attention` is missing its bias".into()),
+        (false, _) => None,
+    };
+    Ok(AttentionOperands { q, k, v, bias, qdims: (b, h, t, hd), kdims: (hkv, s, dv) })
+}
+
 pub fn run(routine: &Routine, ins: &[Operand], out: &[usize], capacity: Option<i64>) -> Result<Vec<f64>, String> {
     let arg = |k: usize| ins.get(k).copied().ok_or_else(|| format!("`{}` is missing operand {k}", routine.name()));
     Ok(match routine {
         Routine::Attention { causal, window, softcap, scale, has_bias } => {
-            let ((q, qs), (k, ks), (v, vs)) = (arg(0)?, arg(1)?, arg(2)?);
-            let (b, h, t, hd) = (qs[0], qs[1], qs[2], qs[3]);
-            let (hkv, s, dv) = (ks[1], ks[2], vs[3]);
-            if hkv == 0 || h % hkv != 0 {
-                return Err(format!("`attention` needs H % Hkv == 0, found H = {h}, Hkv = {hkv}"));
-            }
-            let bias = if *has_bias {
-                let (x, xs) = arg(3)?;
-                Some(broadcast(x, xs, &[b, h, t, s]))
-            } else {
-                None
-            };
-            library::attention(
-                (q, k, v, bias.as_deref()),
-                (b, h, t, hd),
-                (hkv, s, dv),
-                *causal,
-                *window,
-                *softcap,
-                *scale,
-            )
+            let a = attention_operands(ins, *has_bias)?;
+            library::attention((a.q, a.k, a.v, a.bias.as_deref()), a.qdims, a.kdims, *causal, *window, *softcap, *scale)
         }
         Routine::AttentionGrad { wrt, causal, window, softcap, scale, has_bias } => {
-            let ((q, qs), (k, ks), (v, vs)) = (arg(0)?, arg(1)?, arg(2)?);
+            let a = attention_operands(ins, *has_bias)?;
             let (dout, _) = arg(ins.len().saturating_sub(1))?;
-            let (b, h, t, hd) = (qs[0], qs[1], qs[2], qs[3]);
-            let (hkv, s, dv) = (ks[1], ks[2], vs[3]);
-            if hkv == 0 || h % hkv != 0 {
-                return Err(format!("`attention` needs H % Hkv == 0, found H = {h}, Hkv = {hkv}"));
-            }
-            let bias = if *has_bias {
-                let (x, xs) = arg(3)?;
-                Some(broadcast(x, xs, &[b, h, t, s]))
-            } else {
-                None
-            };
             library::attention_grad(
-                (q, k, v, bias.as_deref(), dout),
-                (b, h, t, hd),
-                (hkv, s, dv),
+                (a.q, a.k, a.v, a.bias.as_deref(), dout),
+                a.qdims,
+                a.kdims,
                 (*causal, *window, *softcap, *scale),
                 library::AttentionWrt::of(*wrt),
             )
