@@ -278,6 +278,44 @@ pub(crate) fn run_params(
     crate::train::load_weights(p)
 }
 
+/// Every id a batch holds must be a row of each embedding the token inputs index: a
+/// vocabulary smaller than the text's ids is an error naming the table, before any step
+/// (at run time it would be an index out of range deep inside the step).
+pub(crate) fn check_token_ids(
+    graph: &modelc_compiler::graph::Graph,
+    w: &modelc_compiler::Workload,
+    text_max: u32,
+    report: &Reporter,
+) -> Result<(), i32> {
+    use modelc_compiler::graph::op::Op;
+    let max = w.recipe.objective.batches.max_id(text_max) as i64;
+    for node in &graph.nodes {
+        let Op::Embedding = node.op else { continue };
+        let (table, ids) = (node.args[0].0 as usize, node.args[1].0 as usize);
+        if !matches!(graph.nodes[ids].op, Op::Input { .. }) {
+            continue;
+        }
+        // The table, through the casts mixed precision puts in front of it.
+        let mut t = table;
+        while let Op::Cast { .. } = graph.nodes[t].op {
+            t = graph.nodes[t].args[0].0 as usize;
+        }
+        let Some(rows) = graph.nodes[t].ty.shape.first().and_then(|d| d.as_constant()) else { continue };
+        if rows <= max {
+            let name = match &graph.nodes[t].op {
+                Op::Param { name } => format!("`{name}`"),
+                _ => "an embedding table".to_string(),
+            };
+            report.plain_error(&format!(
+                "the batches hold token ids up to {max}, but {name} has {rows} rows\n  help: the model's vocabulary must be at least {} (the byte tokenizer's ids are 0..255, and the objective's mask or sentinels come after them)",
+                max + 1
+            ));
+            return Err(EXIT_INPUT);
+        }
+    }
+    Ok(())
+}
+
 /// Where the parameters of `run` and `generate` come from, for errors.
 pub(crate) fn params_source(args: &RunArgs) -> String {
     match (args.weights, args.checkpoint) {
@@ -368,8 +406,11 @@ pub fn run(path: &Path, target: &Target, args: &RunArgs, report: &Reporter) -> i
         }
     };
     if args.texts.is_empty() {
-        let tokens = modelc_runtime::data::Corpus::builtin().tokens.len();
-        if let Err(code) = check_text_length(&program, &w, tokens, "builtin", report) {
+        let corpus = modelc_runtime::data::Corpus::builtin();
+        let max = corpus.tokens.iter().copied().max().unwrap_or(0);
+        let checked = check_text_length(&program, &w, corpus.tokens.len(), "builtin", report)
+            .and_then(|_| check_token_ids(&graph, &w, max, report));
+        if let Err(code) = checked {
             return code;
         }
     }

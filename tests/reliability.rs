@@ -331,3 +331,24 @@ fn memory_is_checked_before_the_first_step() {
     assert!(stderr(&out).contains("memory ") && stderr(&out).contains(" free"), "{}", stderr(&out));
     let _ = std::fs::remove_dir_all(&base);
 }
+
+#[test]
+fn absurd_configurations_are_errors_before_any_work() {
+    let base = scratch("absurd");
+    let template = std::fs::read_to_string(root().join("examples/llama.model")).expect("example");
+    let tiny = "Llama(vocab: 256, d: 64, layers: 2, heads: 4, kv_heads: 2, ffn: 172)";
+    assert!(template.contains(tiny));
+    // A repeat count no machine elaborates: a located error, not gigabytes.
+    let deep = base.join("deep.model");
+    std::fs::write(&deep, template.replacen(tiny, &tiny.replace("layers: 2", "layers: 100_000"), 1)).expect("write");
+    refused(&modelc(&["check", &s(&deep)]), &["elaborates into more than", "deep.model:"]);
+    // A vocabulary smaller than the text's ids: named before the first step.
+    let small = base.join("small.model");
+    std::fs::write(&small, template.replacen(tiny, &tiny.replace("vocab: 256", "vocab: 16"), 1)).expect("write");
+    refused(
+        &modelc(&["train", &s(&small), "--out", &s(&base.join("r"))]),
+        &["`embed.weight` has 16 rows", "vocabulary must be at least"],
+    );
+    refused(&modelc(&["run", &s(&small), "--recipe", "tiny"]), &["`embed.weight` has 16 rows"]);
+    let _ = std::fs::remove_dir_all(&base);
+}

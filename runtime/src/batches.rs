@@ -18,6 +18,18 @@ pub enum Batches {
 }
 
 impl Batches {
+    /// The largest token id a batch can hold, for text whose largest is `text_max`: the
+    /// mask or the sentinels the objective adds.
+    pub fn max_id(&self, text_max: u32) -> u32 {
+        match self {
+            Batches::CausalLm => text_max,
+            Batches::Mlm { mask_id, .. } => text_max.max(*mask_id),
+            Batches::SpanCorruption { first_sentinel, sentinels, .. } => {
+                text_max.max(first_sentinel.saturating_add(sentinels.saturating_sub(1)))
+            }
+        }
+    }
+
     /// The tokens of text one sequence of length `t` reads: causal LM windows are one
     /// longer than the sequence (inputs and targets shifted by one).
     pub fn window(&self, t: usize) -> usize {

@@ -80,7 +80,10 @@ pub fn train(path: &Path, target: &Target, args: &TrainArgs, report: &Reporter) 
         },
     };
     let data_name = data.as_ref().map_or("builtin".to_string(), |p| p.display().to_string());
-    if let Err(code) = commands::check_text_length(&program, &w, corpus.tokens.len(), &data_name, report) {
+    let text_max = corpus.tokens.iter().copied().max().unwrap_or(0);
+    let checked = commands::check_text_length(&program, &w, corpus.tokens.len(), &data_name, report)
+        .and_then(|_| commands::check_token_ids(&graph, &w, text_max, report));
+    if let Err(code) = checked {
         return code;
     }
     let token_inputs = crate::train::token_inputs(&graph);

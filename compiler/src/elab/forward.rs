@@ -162,6 +162,16 @@ impl<'a> Builder<'a> {
 
     /// Adds a node after checking its shape rule; an error names the op and both shapes.
     pub(super) fn node(&mut self, op: Op, args: Vec<ValueId>, frame: &Frame, span: Span) -> Result<ValueId, Error> {
+        // Every copy of a `repeat` is elaborated: a count in the hundreds of thousands would
+        // take gigabytes before anything else could say so.
+        if self.graph.nodes.len() >= MAX_NODES {
+            let d = Diagnostic::error(format!("the model elaborates into more than {MAX_NODES} Graph IR nodes"), span)
+                .with_label("while elaborating this")
+                .with_help(
+                    "a `repeat` count or a configuration far larger than any real model; check the model's arguments",
+                );
+            return Err(self.err(frame, d));
+        }
         let types: Vec<&TensorType> = args.iter().map(|a| self.graph.ty(*a)).collect();
         match op.infer(&types) {
             Ok(ty) => Ok(self.graph.push(op, args, ty, &frame.prefix)),
@@ -173,6 +183,10 @@ impl<'a> Builder<'a> {
         self.graph.push(Op::Scalar { value: x }, Vec::new(), TensorType::scalar(dtype), &frame.prefix)
     }
 }
+
+/// The most nodes a model's forward may elaborate into: Llama-2-70B makes about 3,500;
+/// a quarter of a million is past any real architecture and still fits in memory.
+pub const MAX_NODES: usize = 250_000;
 
 pub(super) fn member_name(m: &Member) -> Option<&str> {
     match m {

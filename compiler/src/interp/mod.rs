@@ -142,7 +142,14 @@ fn execute(
                 node.scope
             )));
         }
-        let mut v = eval(&node.op, &args, node.ty.dtype, *leaf, &dim, options)?;
+        let mut v = eval(&node.op, &args, node.ty.dtype, *leaf, &dim, options).map_err(|e| {
+            // Where in the model: the block instance that made the node.
+            if node.scope.is_empty() {
+                e
+            } else {
+                RunError(format!("{} (in `{}`)", e.0, node.scope))
+            }
+        })?;
         if v.shape != want {
             return Err(RunError(format!(
                 "{} made shape {:?}, its type says {:?} (in {})",
